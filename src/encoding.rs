@@ -1,0 +1,188 @@
+//! Strict base64url and JSON decoding for bytes that come from the network.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Maximum nesting depth of JSON objects and arrays accepted in a token or JWKS.
+pub(crate) const MAX_JSON_DEPTH: usize = 16;
+
+/// Encodes bytes as unpadded base64url (RFC 7515 section 2).
+pub(crate) fn b64_encode(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes unpadded base64url, rejecting padding, whitespace, characters of
+/// the standard alphabet and non-zero trailing bits, so each value has
+/// exactly one accepted encoding.
+pub(crate) fn b64_decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    URL_SAFE_NO_PAD.decode(text)
+}
+
+/// Decodes base64url into a fixed-size array; `None` when the text is not
+/// strict base64url or has the wrong length.
+pub(crate) fn b64_decode_array<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let bytes = b64_decode(text).ok()?;
+    bytes.try_into().ok()
+}
+
+/// Why a JSON document was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JsonError(pub(crate) String);
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses a JSON object, rejecting duplicate member names at any depth
+/// (after unescaping, so `"alg"` and `"\u0061lg"` are the same name),
+/// nesting deeper than [`MAX_JSON_DEPTH`] and anything but an object at the top.
+///
+/// RFC 7515 section 5.2 lets a JWS parser either reject duplicates or keep the
+/// last one; keeping one silently is how two parsers end up disagreeing about
+/// what a token says, so this parser rejects them.
+pub(crate) fn parse_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, JsonError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = StrictValue { depth: 0 }
+        .deserialize(&mut deserializer)
+        .map_err(|err| JsonError(err.to_string()))?;
+    deserializer.end().map_err(|err| JsonError(err.to_string()))?;
+
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err(JsonError("expected a JSON object".to_owned())),
+    }
+}
+
+struct StrictValue {
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue {
+    type Value = serde_json::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(StrictVisitor { depth: self.depth })
+    }
+}
+
+struct StrictVisitor {
+    depth: usize,
+}
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // serde_json never produces a non-finite float; map one to null anyway.
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let depth = self.depth + 1;
+        if depth > MAX_JSON_DEPTH {
+            return Err(de::Error::custom("JSON nesting is too deep"));
+        }
+
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(StrictValue { depth })? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let depth = self.depth + 1;
+        if depth > MAX_JSON_DEPTH {
+            return Err(de::Error::custom("JSON nesting is too deep"));
+        }
+
+        let mut seen = HashSet::new();
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                let shown: String = key.chars().take(40).collect();
+                return Err(de::Error::custom(format!("duplicate member name {shown:?}")));
+            }
+            let value = map.next_value_seed(StrictValue { depth })?;
+            object.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_member_rejected() {
+        let err = parse_object(br#"{"alg":"EdDSA","alg":"none"}"#).unwrap_err();
+        assert_eq!(err.0, "duplicate member name \"alg\" at line 1 column 20");
+    }
+
+    #[test]
+    fn escaped_duplicate_rejected() {
+        assert!(parse_object(br#"{"alg":"EdDSA","\u0061lg":"none"}"#).is_err());
+    }
+
+    #[test]
+    fn nested_duplicate_rejected() {
+        assert!(parse_object(br#"{"act":{"sub":"a","sub":"b"}}"#).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_rejected() {
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        let doc = format!("{{\"a\":{deep}}}");
+        assert!(parse_object(doc.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn trailing_data_rejected() {
+        assert!(parse_object(br#"{"a":1} x"#).is_err());
+        assert!(parse_object(br#"[1]"#).is_err());
+    }
+
+    #[test]
+    fn strict_base64url() {
+        assert_eq!(b64_decode("AQ").unwrap(), vec![1]);
+        assert!(b64_decode("AQ==").is_err(), "padding");
+        assert!(b64_decode("AR").is_err(), "non-zero trailing bits");
+        assert!(b64_decode("A+").is_err(), "standard alphabet");
+        assert!(b64_decode("A Q").is_err(), "whitespace");
+    }
+}

@@ -1,0 +1,20 @@
+//! The signed envelope: claims, bindings, the signer, the verifier and the
+//! rejection reason codes.
+
+mod binding;
+mod claims;
+mod rejection;
+mod signer;
+mod verifier;
+
+pub use binding::{Binding, InvalidBinding, MAX_BINDING_LEN, canonical_target, payload_digest};
+pub use claims::Claims;
+pub use rejection::{Reason, Rejection};
+pub use signer::{DEFAULT_TTL, SignError, Signer, SignerBuilder, TokenBuilder};
+pub use verifier::{
+    DEFAULT_LEEWAY, DEFAULT_MAX_LIFETIME, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_TOKEN_BYTES, Expected, MAX_SAFE_LEEWAY,
+    Verified, Verifier, VerifierBuilder, VerifierConfigError,
+};
+
+/// The `typ` header of a trustwire token.
+pub const TOKEN_TYP: &str = "trustwire+jwt";

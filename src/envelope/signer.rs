@@ -1,0 +1,292 @@
+//! Signing tokens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::binding::{Binding, payload_digest};
+use super::TOKEN_TYP;
+use crate::clock::{Clock, SystemClock};
+use crate::encoding::b64_encode;
+use crate::identity::{Audience, ServiceId};
+use crate::keys::{Algorithm, SigningKey};
+
+/// Default token lifetime: 60 s, for HTTP calls and core NATS messages.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+
+/// Errors from signing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    /// The lifetime is zero or longer than the signer's configured maximum.
+    #[error("invalid token lifetime of {seconds} s: it must be between 1 s and {max} s")]
+    InvalidLifetime {
+        /// The lifetime requested.
+        seconds: u64,
+        /// The maximum allowed.
+        max: u64,
+    },
+
+    /// The `sub` value is empty or too long.
+    #[error("invalid subject: {0}")]
+    InvalidSubject(&'static str),
+
+    /// The operating system's random number generator failed.
+    #[error("random number generator failed: {0}")]
+    Random(String),
+
+    /// The claims could not be serialised.
+    #[error("cannot encode the claims: {0}")]
+    Encoding(String),
+}
+
+/// Signs tokens for one service with its active key.
+///
+/// ```
+/// use trustwire::{Binding, ServiceId, Signer, SigningKey};
+///
+/// let signer = Signer::new(ServiceId::new("orders")?, SigningKey::generate()?);
+/// let token = signer
+///     .token(ServiceId::new("payments")?)
+///     .binding(Binding::channel("nats:orders.created")?)
+///     .payload(br#"{"order":42}"#)
+///     .sign()?;
+/// assert_eq!(token.split('.').count(), 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Signer {
+    inner: Arc<SignerInner>,
+}
+
+#[derive(Debug)]
+struct SignerInner {
+    service: ServiceId,
+    key: SigningKey,
+    /// base64url of the protected header, computed once.
+    header_b64: String,
+    ttl: Duration,
+    max_ttl: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+/// Options of a [`Signer`].
+#[derive(Debug)]
+pub struct SignerBuilder {
+    service: ServiceId,
+    key: SigningKey,
+    alg: Algorithm,
+    ttl: Duration,
+    max_ttl: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl SignerBuilder {
+    /// Sets the default token lifetime. Default 60 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the longest lifetime a single token may request with
+    /// [`TokenBuilder::ttl`]. Default 1 hour.
+    pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = max_ttl;
+        self
+    }
+
+    /// Emits `alg: Ed25519` (RFC 9864) instead of `alg: EdDSA`. Verifiers
+    /// older than RFC 9864 know only `EdDSA`, so that is the default.
+    pub fn fully_specified_alg(mut self) -> Self {
+        self.alg = Algorithm::Ed25519;
+        self
+    }
+
+    /// Sets the clock. Default: the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Builds the signer.
+    pub fn build(self) -> Result<Signer, SignError> {
+        check_ttl(self.ttl, self.max_ttl)?;
+        let header = format!(
+            r#"{{"alg":"{}","kid":"{}","typ":"{}"}}"#,
+            self.alg.name(),
+            self.key.kid(),
+            TOKEN_TYP
+        );
+        tracing::info!(iss = %self.service, kid = self.key.kid(), alg = self.alg.name(), "signer ready");
+        Ok(Signer {
+            inner: Arc::new(SignerInner {
+                service: self.service,
+                header_b64: b64_encode(header.as_bytes()),
+                key: self.key,
+                ttl: self.ttl,
+                max_ttl: self.max_ttl,
+                clock: self.clock,
+            }),
+        })
+    }
+}
+
+fn check_ttl(ttl: Duration, max: Duration) -> Result<(), SignError> {
+    if ttl.as_secs() == 0 || ttl > max {
+        return Err(SignError::InvalidLifetime {
+            seconds: ttl.as_secs(),
+            max: max.as_secs(),
+        });
+    }
+    Ok(())
+}
+
+impl Signer {
+    /// A signer with the default options (60 s lifetime, `alg: EdDSA`).
+    pub fn new(service: ServiceId, key: SigningKey) -> Self {
+        Self::builder(service, key)
+            .build()
+            .unwrap_or_else(|_| unreachable!("the default lifetime is within the default maximum"))
+    }
+
+    /// Starts configuring a signer.
+    pub fn builder(service: ServiceId, key: SigningKey) -> SignerBuilder {
+        SignerBuilder {
+            service,
+            key,
+            alg: Algorithm::EdDsa,
+            ttl: DEFAULT_TTL,
+            max_ttl: Duration::from_secs(3600),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The signing service.
+    pub fn service(&self) -> &ServiceId {
+        &self.inner.service
+    }
+
+    /// The `kid` of the signing key.
+    pub fn kid(&self) -> &str {
+        self.inner.key.kid()
+    }
+
+    /// Starts a token for `audience`.
+    pub fn token(&self, audience: impl Into<Audience>) -> TokenBuilder<'_> {
+        TokenBuilder {
+            signer: self,
+            audience: audience.into(),
+            binding: None,
+            payload: None,
+            subject: None,
+            ttl: None,
+        }
+    }
+}
+
+/// One token being built; finish with [`TokenBuilder::sign`].
+#[derive(Debug)]
+#[must_use = "a token is only produced by sign()"]
+pub struct TokenBuilder<'a> {
+    signer: &'a Signer,
+    audience: Audience,
+    binding: Option<Binding>,
+    payload: Option<&'a [u8]>,
+    subject: Option<&'a str>,
+    ttl: Option<Duration>,
+}
+
+#[derive(Serialize)]
+struct ClaimsOut<'a> {
+    iss: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<&'a str>,
+    aud: serde_json::Value,
+    iat: i64,
+    exp: i64,
+    jti: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    htm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    htu: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dig: Option<String>,
+}
+
+impl<'a> TokenBuilder<'a> {
+    /// Binds the token to a channel or HTTP request.
+    pub fn binding(mut self, binding: Binding) -> Self {
+        self.binding = Some(binding);
+        self
+    }
+
+    /// Binds the token to these exact payload bytes (the `dig` claim).
+    pub fn payload(mut self, payload: &'a [u8]) -> Self {
+        self.payload = Some(payload);
+        self
+    }
+
+    /// Sets `sub`, the principal the sender acts for.
+    pub fn subject(mut self, subject: &'a str) -> Self {
+        self.subject = Some(subject);
+        self
+    }
+
+    /// Overrides the signer's default lifetime for this token.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Signs and returns the compact JWS.
+    pub fn sign(self) -> Result<String, SignError> {
+        let inner = &self.signer.inner;
+        let ttl = self.ttl.unwrap_or(inner.ttl);
+        check_ttl(ttl, inner.max_ttl)?;
+        if let Some(subject) = self.subject {
+            if subject.is_empty() || subject.len() > 1024 {
+                return Err(SignError::InvalidSubject("it must be 1 to 1024 bytes"));
+            }
+        }
+
+        let mut jti = [0u8; 16];
+        getrandom::fill(&mut jti).map_err(|err| SignError::Random(err.to_string()))?;
+        let jti = b64_encode(&jti);
+
+        let iat = inner.clock.now();
+        let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        let (chn, htm, htu) = match &self.binding {
+            None => (None, None, None),
+            Some(Binding::Channel(channel)) => (Some(channel.as_str()), None, None),
+            Some(Binding::Http { method, target }) => (None, Some(method.as_str()), Some(target.as_str())),
+        };
+        let claims = ClaimsOut {
+            iss: inner.service.as_str(),
+            sub: self.subject,
+            aud: self.audience.to_json(),
+            iat,
+            exp: iat.saturating_add(ttl_secs),
+            jti: &jti,
+            chn,
+            htm,
+            htu,
+            dig: self.payload.map(payload_digest),
+        };
+        let claims_json = serde_json::to_vec(&claims).map_err(|err| SignError::Encoding(err.to_string()))?;
+
+        let mut token = String::with_capacity(inner.header_b64.len() + claims_json.len() * 4 / 3 + 90);
+        token.push_str(&inner.header_b64);
+        token.push('.');
+        token.push_str(&b64_encode(&claims_json));
+        let signature = inner.key.sign(token.as_bytes());
+        token.push('.');
+        token.push_str(&b64_encode(&signature));
+
+        metrics::counter!("trustwire_signed_total").increment(1);
+        tracing::trace!(iss = %inner.service, kid = inner.key.kid(), jti = %jti, "signed token");
+        Ok(token)
+    }
+}

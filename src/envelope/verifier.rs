@@ -1,0 +1,625 @@
+//! Verifying tokens: the nine steps of the wire format, in order.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::TOKEN_TYP;
+use super::binding::{Binding, payload_digest};
+use super::claims::{Claims, MAX_NUMERIC_DATE};
+use super::rejection::{Reason, Rejection};
+use crate::clock::{Clock, SystemClock};
+use crate::encoding::{b64_decode, parse_object};
+use crate::identity::ServiceId;
+use crate::jwks::TrustStore;
+use crate::keys::Algorithm;
+use crate::policy::Policy;
+use crate::replay::{MemoryReplayGuard, ReplayEntry, ReplayGuard, ReplayStatus};
+
+/// Default clock leeway for `exp`, `nbf` and `iat`: 30 s.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// Largest leeway the builder accepts without `dangerous_leeway`: 5 minutes.
+pub const MAX_SAFE_LEEWAY: Duration = Duration::from_secs(300);
+
+/// Default maximum token lifetime (`exp - iat`): 10 minutes.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Default maximum token size: 8 KiB.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Default maximum payload size: 16 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Maximum length of a `kid`, in bytes.
+const MAX_KID_LEN: usize = 256;
+
+/// Header members that are never accepted: they would make the token choose
+/// its own key or URL (`jku`, `jwk`, `x5u`, `x5c`), change how the payload is
+/// read (`b64`, `crit`, `zip`) or mark a JWE (`enc`).
+const FORBIDDEN_HEADERS: [&str; 8] = ["crit", "b64", "jku", "jwk", "x5u", "x5c", "zip", "enc"];
+
+/// What the receiver expects a token to be bound to: the channel or request
+/// that actually arrived and its payload.
+#[derive(Debug, Clone)]
+pub struct Expected<'a> {
+    binding: Binding,
+    payload: Option<&'a [u8]>,
+}
+
+impl<'a> Expected<'a> {
+    /// A message that arrived on `channel` with `payload`.
+    pub fn message(channel: Binding, payload: &'a [u8]) -> Self {
+        Self {
+            binding: channel,
+            payload: Some(payload),
+        }
+    }
+
+    /// A binding with an optional payload (an HTTP request without a body
+    /// passes `None`).
+    pub fn new(binding: Binding, payload: Option<&'a [u8]>) -> Self {
+        Self { binding, payload }
+    }
+
+    /// The binding.
+    pub fn binding(&self) -> &Binding {
+        &self.binding
+    }
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Verified {
+    /// The verified claims.
+    pub claims: Claims,
+    /// The key that signed the token.
+    pub kid: String,
+    /// The algorithm from the header.
+    pub alg: Algorithm,
+    /// What the replay guard recorded, to forget it if the message is not
+    /// processed and will be redelivered.
+    pub replay_entry: ReplayEntry,
+}
+
+/// Errors in a verifier's configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifierConfigError {
+    /// The trust store has no issuers, so nothing could ever verify.
+    #[error("the trust store is empty: trust at least one issuer with TrustStore::trust")]
+    NoIssuers,
+
+    /// The leeway is above five minutes.
+    #[error("a leeway of {0} s is above the 300 s limit; use dangerous_leeway to allow it")]
+    LeewayTooLong(u64),
+
+    /// A limit is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroLimit(&'static str),
+}
+
+/// Options of a [`Verifier`].
+#[derive(Debug)]
+pub struct VerifierBuilder {
+    audience: ServiceId,
+    trust: TrustStore,
+    policy: Policy,
+    replay: Option<Arc<dyn ReplayGuard>>,
+    leeway: Duration,
+    dangerous_leeway: bool,
+    max_lifetime: Duration,
+    max_token_bytes: usize,
+    max_payload_bytes: usize,
+    clock: Arc<dyn Clock>,
+}
+
+impl VerifierBuilder {
+    /// Sets the policy. Default: every trusted issuer is allowed everywhere.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets the replay guard. Default: a [`MemoryReplayGuard`] of one million
+    /// entries, which does not span processes.
+    pub fn replay_guard(mut self, guard: Arc<dyn ReplayGuard>) -> Self {
+        self.replay = Some(guard);
+        self
+    }
+
+    /// Sets the clock leeway for `exp`, `nbf` and `iat`. Default 30 s, at most 300 s.
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Sets a leeway above 300 s. Expired tokens then stay valid that much
+    /// longer, and so does a stolen one.
+    pub fn dangerous_leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self.dangerous_leeway = true;
+        self
+    }
+
+    /// Sets the longest accepted `exp - iat`. Default 600 s. Raise it for
+    /// durable queues whose publishers sign with longer lifetimes.
+    pub fn max_lifetime(mut self, max_lifetime: Duration) -> Self {
+        self.max_lifetime = max_lifetime;
+        self
+    }
+
+    /// Sets the maximum token size in bytes. Default 8 KiB.
+    pub fn max_token_bytes(mut self, bytes: usize) -> Self {
+        self.max_token_bytes = bytes;
+        self
+    }
+
+    /// Sets the maximum payload size in bytes. Default 16 MiB.
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Sets the clock. Default: the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the options and builds the verifier.
+    pub fn build(self) -> Result<Verifier, VerifierConfigError> {
+        if self.trust.is_empty() {
+            return Err(VerifierConfigError::NoIssuers);
+        }
+        if self.leeway > MAX_SAFE_LEEWAY && !self.dangerous_leeway {
+            return Err(VerifierConfigError::LeewayTooLong(self.leeway.as_secs()));
+        }
+        if self.dangerous_leeway {
+            tracing::warn!(leeway_s = self.leeway.as_secs(), "verifier built with a dangerous leeway");
+        }
+        if self.max_token_bytes == 0 {
+            return Err(VerifierConfigError::ZeroLimit("max_token_bytes"));
+        }
+        if self.max_lifetime.is_zero() {
+            return Err(VerifierConfigError::ZeroLimit("max_lifetime"));
+        }
+
+        let replay = self
+            .replay
+            .unwrap_or_else(|| Arc::new(MemoryReplayGuard::default().with_clock(Arc::clone(&self.clock))));
+        tracing::info!(aud = %self.audience, issuers = ?self.trust.issuers().map(ServiceId::as_str).collect::<Vec<_>>(), "verifier ready");
+        Ok(Verifier {
+            inner: Arc::new(VerifierInner {
+                audience: self.audience,
+                trust: self.trust,
+                policy: self.policy,
+                replay,
+                leeway: i64::try_from(self.leeway.as_secs()).unwrap_or(MAX_NUMERIC_DATE),
+                max_lifetime: i64::try_from(self.max_lifetime.as_secs()).unwrap_or(MAX_NUMERIC_DATE),
+                max_token_bytes: self.max_token_bytes,
+                max_payload_bytes: self.max_payload_bytes,
+                clock: self.clock,
+                warn_limiter: WarnLimiter::default(),
+            }),
+        })
+    }
+}
+
+/// Verifies tokens sent to one service. Cloning is cheap; clones share caches.
+///
+/// ```no_run
+/// use trustwire::{Binding, Expected, ServiceId, Verifier, jwks::{KeySource, TrustStore}};
+///
+/// # async fn run(token: &str, payload: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+/// let trust = TrustStore::new().trust(
+///     ServiceId::new("orders")?,
+///     KeySource::remote("https://orders.internal/.well-known/jwks.json")?,
+/// );
+/// let verifier = Verifier::builder(ServiceId::new("payments")?, trust).build()?;
+/// let expected = Expected::message(Binding::channel("nats:orders.created")?, payload);
+/// match verifier.verify(token, &expected).await {
+///     Ok(verified) => println!("from {}", verified.claims.iss),
+///     Err(rejection) => println!("rejected: {}", rejection.code()),
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<VerifierInner>,
+}
+
+struct VerifierInner {
+    audience: ServiceId,
+    trust: TrustStore,
+    policy: Policy,
+    replay: Arc<dyn ReplayGuard>,
+    leeway: i64,
+    max_lifetime: i64,
+    max_token_bytes: usize,
+    max_payload_bytes: usize,
+    clock: Arc<dyn Clock>,
+    warn_limiter: WarnLimiter,
+}
+
+/// The parts of a token read before its signature is checked.
+struct Parsed<'t> {
+    signing_input: &'t str,
+    alg: Algorithm,
+    kid: String,
+    claims: Map<String, Value>,
+    signature: Vec<u8>,
+}
+
+impl Verifier {
+    /// Starts configuring a verifier for tokens addressed to `audience`,
+    /// signed by the issuers in `trust`.
+    pub fn builder(audience: ServiceId, trust: TrustStore) -> VerifierBuilder {
+        VerifierBuilder {
+            audience,
+            trust,
+            policy: Policy::allow_all_trusted(),
+            replay: None,
+            leeway: DEFAULT_LEEWAY,
+            dangerous_leeway: false,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The service this verifier accepts tokens for.
+    pub fn audience(&self) -> &ServiceId {
+        &self.inner.audience
+    }
+
+    /// The trust store.
+    pub fn trust_store(&self) -> &TrustStore {
+        &self.inner.trust
+    }
+
+    /// Verifies `token` against what arrived, logs the outcome and counts it.
+    pub async fn verify(&self, token: &str, expected: &Expected<'_>) -> Result<Verified, Rejection> {
+        let result = self.verify_steps(token, expected).await;
+        match &result {
+            Ok(verified) => {
+                metrics::counter!("trustwire_verified_total", "iss" => verified.claims.iss.clone()).increment(1);
+                tracing::debug!(
+                    iss = %verified.claims.iss,
+                    kid = %verified.kid,
+                    jti = %verified.claims.jti,
+                    binding = %expected.binding,
+                    "token verified"
+                );
+            }
+            Err(rejection) => {
+                // The label is the reason only: iss of a rejected token is
+                // attacker-chosen and would make the metric unbounded.
+                metrics::counter!("trustwire_rejected_total", "reason" => rejection.code()).increment(1);
+                self.log_rejection(rejection, expected);
+            }
+        }
+        result
+    }
+
+    /// Forgets a verified token's `jti`, so a redelivery of the same message
+    /// is accepted; call it when the message was not processed.
+    pub async fn forget(&self, verified: &Verified) {
+        if let Err(err) = self.inner.replay.forget(&verified.replay_entry).await {
+            tracing::warn!(iss = %verified.claims.iss, jti = %verified.claims.jti, error = %err, "replay guard could not forget a token");
+        }
+    }
+
+    fn log_rejection(&self, rejection: &Rejection, expected: &Expected<'_>) {
+        let fields = (
+            rejection.code(),
+            rejection.kid().unwrap_or(""),
+            rejection.iss().unwrap_or(""),
+            rejection.jti().unwrap_or(""),
+        );
+        if self.inner.warn_limiter.allow(self.inner.clock.now()) {
+            tracing::warn!(reason = fields.0, kid = fields.1, iss = fields.2, jti = fields.3, binding = %expected.binding, detail = rejection.detail(), "token rejected");
+        } else {
+            tracing::debug!(reason = fields.0, kid = fields.1, iss = fields.2, jti = fields.3, binding = %expected.binding, detail = rejection.detail(), "token rejected");
+        }
+    }
+
+    async fn verify_steps(&self, token: &str, expected: &Expected<'_>) -> Result<Verified, Rejection> {
+        let inner = &self.inner;
+
+        // Step 1: size limits, before any parsing.
+        if token.len() > inner.max_token_bytes {
+            return Err(Rejection::new(
+                Reason::TooLarge,
+                format!("token is {} bytes, above the limit of {}", token.len(), inner.max_token_bytes),
+            ));
+        }
+        if let Some(payload) = expected.payload {
+            if payload.len() > inner.max_payload_bytes {
+                return Err(Rejection::new(
+                    Reason::TooLarge,
+                    format!("payload is {} bytes, above the limit of {}", payload.len(), inner.max_payload_bytes),
+                ));
+            }
+        }
+
+        // Steps 2 and 3: strict encoding, then the header.
+        let parsed = parse_token(token)?;
+        let claimed_iss = parsed.claims.get("iss").and_then(Value::as_str);
+        let claimed_jti = parsed.claims.get("jti").and_then(Value::as_str);
+        let ids = |rejection: Rejection| rejection.with_ids(Some(&parsed.kid), claimed_iss, claimed_jti);
+
+        // Step 4: key lookup by kid; the algorithm must be allowed for the key.
+        let (owner, key) = inner.trust.find_key(&parsed.kid, claimed_iss).await.map_err(ids)?;
+        if !key.allows(parsed.alg) {
+            return Err(ids(Rejection::new(
+                Reason::UnsupportedAlg,
+                format!("alg {} is not allowed for key {:?}", parsed.alg, parsed.kid),
+            )));
+        }
+
+        // Step 5: signature.
+        if !key.verify_signature(parsed.signing_input.as_bytes(), &parsed.signature) {
+            return Err(ids(Rejection::new(Reason::BadSignature, "signature does not verify")));
+        }
+
+        // Step 6: claims.
+        let claims = Claims::from_map(parsed.claims.clone()).map_err(ids)?;
+        let ids = |rejection: Rejection| rejection.with_ids(Some(&parsed.kid), Some(&claims.iss), Some(&claims.jti));
+        self.check_claims(&claims, &owner).map_err(ids)?;
+
+        // Step 7: binding to what arrived.
+        check_binding(&claims, expected).map_err(ids)?;
+
+        // Step 8: policy.
+        let token_binding = token_binding(&claims);
+        if !inner.policy.allows(&claims.iss, token_binding.as_ref()) {
+            return Err(ids(Rejection::new(
+                Reason::NotAllowed,
+                format!("policy does not allow {} on {}", claims.iss, expected.binding),
+            )));
+        }
+
+        // Step 9: replay.
+        let replay_entry = ReplayEntry {
+            iss: claims.iss.clone(),
+            jti: claims.jti.clone(),
+            expires_at: claims.exp.saturating_add(inner.leeway),
+        };
+        match inner.replay.check_and_record(&replay_entry).await {
+            Ok(ReplayStatus::Fresh) => {}
+            Ok(_) => return Err(ids(Rejection::new(Reason::Replayed, "jti was already accepted"))),
+            Err(err) => return Err(ids(Rejection::new(Reason::ReplayGuardUnavailable, err.to_string()))),
+        }
+
+        Ok(Verified {
+            claims,
+            kid: parsed.kid,
+            alg: parsed.alg,
+            replay_entry,
+        })
+    }
+
+    fn check_claims(&self, claims: &Claims, owner: &ServiceId) -> Result<(), Rejection> {
+        let inner = &self.inner;
+
+        if claims.iss != owner.as_str() {
+            return Err(Rejection::new(
+                Reason::IssuerMismatch,
+                format!("iss {:?} is not the owner {} of the signing key", claims.iss, owner),
+            ));
+        }
+        if !claims.aud.iter().any(|aud| aud == inner.audience.as_str()) {
+            return Err(Rejection::new(
+                Reason::WrongAudience,
+                format!("aud {:?} does not contain {}", claims.aud, inner.audience),
+            ));
+        }
+
+        // All times are within 0..=MAX_NUMERIC_DATE, so these sums cannot overflow.
+        let now = inner.clock.now();
+        if claims.exp <= claims.iat {
+            return Err(Rejection::new(Reason::Malformed, "exp is not after iat"));
+        }
+        if now > claims.exp + inner.leeway {
+            return Err(Rejection::new(Reason::Expired, format!("expired {} s ago", now - claims.exp)));
+        }
+        if claims.iat > now + inner.leeway {
+            return Err(Rejection::new(Reason::NotYetValid, format!("iat is {} s in the future", claims.iat - now)));
+        }
+        if let Some(nbf) = claims.nbf {
+            if nbf > now + inner.leeway {
+                return Err(Rejection::new(Reason::NotYetValid, format!("nbf is {} s in the future", nbf - now)));
+            }
+        }
+        if claims.exp - claims.iat > inner.max_lifetime {
+            return Err(Rejection::new(
+                Reason::LifetimeTooLong,
+                format!("lifetime of {} s is above the maximum of {} s", claims.exp - claims.iat, inner.max_lifetime),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Steps 2 and 3: split, decode strictly, parse JSON, check the header.
+fn parse_token(token: &str) -> Result<Parsed<'_>, Rejection> {
+    let segments: Vec<&str> = token.split('.').collect();
+    match segments.len() {
+        3 => {}
+        5 => return Err(Rejection::new(Reason::WrongType, "a JWE was given where a signed token (JWS) is expected")),
+        count => return Err(Rejection::new(Reason::Malformed, format!("expected 3 dot-separated segments, found {count}"))),
+    }
+    let (header_b64, claims_b64, signature_b64) = (segments[0], segments[1], segments[2]);
+
+    let decode = |segment: &str, name: &str| {
+        b64_decode(segment).map_err(|_| Rejection::new(Reason::Malformed, format!("{name} is not strict unpadded base64url")))
+    };
+    let header_bytes = decode(header_b64, "header")?;
+    let claims_bytes = decode(claims_b64, "claims")?;
+    let signature = decode(signature_b64, "signature")?;
+
+    let header = parse_object(&header_bytes)
+        .map_err(|err| Rejection::new(Reason::Malformed, format!("header is not a valid JSON object: {err}")))?;
+    let claims = parse_object(&claims_bytes)
+        .map_err(|err| Rejection::new(Reason::Malformed, format!("claims are not a valid JSON object: {err}")))?;
+
+    let (alg, kid) = check_header(&header)?;
+    Ok(Parsed {
+        signing_input: &token[..header_b64.len() + 1 + claims_b64.len()],
+        alg,
+        kid,
+        claims,
+        signature,
+    })
+}
+
+fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, String), Rejection> {
+    for name in FORBIDDEN_HEADERS {
+        if header.contains_key(name) {
+            if name == "enc" {
+                return Err(Rejection::new(Reason::WrongType, "header has \"enc\": a JWE header where a JWS is expected"));
+            }
+            return Err(Rejection::new(Reason::UnsupportedHeader, format!("header member {name:?} is not accepted")));
+        }
+    }
+
+    match header.get("typ") {
+        Some(Value::String(typ)) if typ_matches(typ) => {}
+        Some(Value::String(typ)) => {
+            let shown: String = typ.chars().take(40).collect();
+            return Err(Rejection::new(Reason::WrongType, format!("typ {shown:?} is not {TOKEN_TYP:?}")));
+        }
+        Some(_) => return Err(Rejection::new(Reason::WrongType, "typ is not a string")),
+        None => return Err(Rejection::new(Reason::WrongType, format!("typ is missing; expected {TOKEN_TYP:?}"))),
+    }
+
+    let alg = match header.get("alg") {
+        None => return Err(Rejection::new(Reason::UnsupportedAlg, "alg is missing")),
+        Some(Value::String(name)) => match Algorithm::from_name(name) {
+            Some(alg) => alg,
+            None => {
+                let shown: String = name.chars().take(40).collect();
+                return Err(Rejection::new(Reason::UnsupportedAlg, format!("alg {shown:?} is not accepted")));
+            }
+        },
+        Some(_) => return Err(Rejection::new(Reason::UnsupportedAlg, "alg is not a string")),
+    };
+
+    let kid = match header.get("kid") {
+        Some(Value::String(kid)) if !kid.is_empty() && kid.len() <= MAX_KID_LEN => kid.clone(),
+        Some(Value::String(_)) => return Err(Rejection::new(Reason::Malformed, "kid must be 1 to 256 bytes")),
+        Some(_) => return Err(Rejection::new(Reason::Malformed, "kid is not a string")),
+        None => return Err(Rejection::new(Reason::Malformed, "kid is missing")),
+    };
+    Ok((alg, kid))
+}
+
+/// RFC 7515 section 4.1.9: `typ` compares case-insensitively, and the
+/// `application/` prefix may be omitted.
+fn typ_matches(typ: &str) -> bool {
+    let bare = match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
+    };
+    bare.eq_ignore_ascii_case(TOKEN_TYP)
+}
+
+fn token_binding(claims: &Claims) -> Option<Binding> {
+    if let Some(channel) = &claims.chn {
+        return Some(Binding::Channel(channel.clone()));
+    }
+    match (&claims.htm, &claims.htu) {
+        (Some(method), Some(target)) => Some(Binding::Http {
+            method: method.clone(),
+            target: target.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Step 7: the token's `chn` or `htm`/`htu` and `dig` must equal what arrived.
+fn check_binding(claims: &Claims, expected: &Expected<'_>) -> Result<(), Rejection> {
+    match &expected.binding {
+        Binding::Channel(channel) => {
+            if claims.htm.is_some() || claims.htu.is_some() {
+                return Err(Rejection::new(Reason::BindingMismatch, "token is bound to an HTTP request, not a channel"));
+            }
+            match &claims.chn {
+                Some(chn) if chn == channel => {}
+                Some(chn) => {
+                    return Err(Rejection::new(
+                        Reason::BindingMismatch,
+                        format!("token is for channel {chn:?}, message arrived on {channel:?}"),
+                    ));
+                }
+                None => return Err(Rejection::new(Reason::BindingMismatch, "token has no chn claim")),
+            }
+        }
+        Binding::Http { method, target } => {
+            if claims.chn.is_some() {
+                return Err(Rejection::new(Reason::BindingMismatch, "token is bound to a channel, not an HTTP request"));
+            }
+            if claims.htm.as_deref() != Some(method.as_str()) {
+                return Err(Rejection::new(
+                    Reason::BindingMismatch,
+                    format!("token is for method {:?}, request is {method}", claims.htm.as_deref().unwrap_or("")),
+                ));
+            }
+            if claims.htu.as_deref() != Some(target.as_str()) {
+                return Err(Rejection::new(
+                    Reason::BindingMismatch,
+                    format!("token is for {:?}, request is {target:?}", claims.htu.as_deref().unwrap_or("")),
+                ));
+            }
+        }
+    }
+
+    match (expected.payload, &claims.dig) {
+        (Some(payload), Some(dig)) => {
+            if payload_digest(payload) != *dig {
+                return Err(Rejection::new(Reason::DigestMismatch, "dig does not match the payload"));
+            }
+        }
+        (Some(_), None) => return Err(Rejection::new(Reason::DigestMismatch, "token has no dig claim for the payload")),
+        (None, Some(_)) => return Err(Rejection::new(Reason::DigestMismatch, "token binds a payload, but none arrived")),
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+/// Allows at most 10 rejection warnings per second; the rest go to debug.
+#[derive(Default)]
+struct WarnLimiter {
+    second: AtomicU64,
+    count: AtomicU64,
+}
+
+impl WarnLimiter {
+    const PER_SECOND: u64 = 10;
+
+    fn allow(&self, now: i64) -> bool {
+        let now = u64::try_from(now).unwrap_or(0);
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND
+    }
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("audience", &self.inner.audience)
+            .field("trust", &self.inner.trust)
+            .field("leeway_s", &self.inner.leeway)
+            .field("max_lifetime_s", &self.inner.max_lifetime)
+            .finish_non_exhaustive()
+    }
+}
