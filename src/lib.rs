@@ -47,6 +47,11 @@ pub mod keys;
 pub mod policy;
 pub mod replay;
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "nats")]
+pub mod nats;
+
 pub use envelope::{Binding, Claims, Expected, Reason, Rejection, Signer, Verified, Verifier};
 pub use identity::{Audience, InvalidServiceId, ServiceId};
 pub use keys::{KeyDir, KeyError, PublicKey, SigningKey};

@@ -48,6 +48,8 @@ const FORBIDDEN_HEADERS: [&str; 8] = ["crit", "b64", "jku", "jwk", "x5u", "x5c",
 pub struct Expected<'a> {
     binding: Binding,
     payload: Option<&'a [u8]>,
+    delivery_id: Option<String>,
+    reference_time: Option<i64>,
 }
 
 impl<'a> Expected<'a> {
@@ -56,13 +58,38 @@ impl<'a> Expected<'a> {
         Self {
             binding: channel,
             payload: Some(payload),
+            delivery_id: None,
+            reference_time: None,
         }
     }
 
     /// A binding with an optional payload (an HTTP request without a body
     /// passes `None`).
     pub fn new(binding: Binding, payload: Option<&'a [u8]>) -> Self {
-        Self { binding, payload }
+        Self {
+            binding,
+            payload,
+            delivery_id: None,
+            reference_time: None,
+        }
+    }
+
+    /// Sets the broker's stable id of the stored message (a JetStream stream
+    /// sequence, say), so a redelivery of that same message is not taken for
+    /// a replay. See [`ReplayEntry::delivery_id`].
+    pub fn with_delivery_id(mut self, delivery_id: impl Into<String>) -> Self {
+        self.delivery_id = Some(delivery_id.into());
+        self
+    }
+
+    /// Judges `exp`, `nbf` and `iat` against `unix_seconds` instead of the
+    /// verifier's clock: for durable consumers, the time the broker stored
+    /// the message (JetStream metadata, say), so a message that waited in a
+    /// stream longer than its token lifetime still verifies if it was valid
+    /// on arrival. Take the time only from the broker, never from the message.
+    pub fn with_reference_time(mut self, unix_seconds: i64) -> Self {
+        self.reference_time = Some(unix_seconds);
+        self
     }
 
     /// The binding.
@@ -372,7 +399,8 @@ impl Verifier {
         // Step 6: claims.
         let claims = Claims::from_map(parsed.claims.clone()).map_err(ids)?;
         let ids = |rejection: Rejection| rejection.with_ids(Some(&parsed.kid), Some(&claims.iss), Some(&claims.jti));
-        self.check_claims(&claims, &owner).map_err(ids)?;
+        let now = expected.reference_time.unwrap_or_else(|| inner.clock.now());
+        self.check_claims(&claims, &owner, now).map_err(ids)?;
 
         // Step 7: binding to what arrived.
         check_binding(&claims, expected).map_err(ids)?;
@@ -391,6 +419,7 @@ impl Verifier {
             iss: claims.iss.clone(),
             jti: claims.jti.clone(),
             expires_at: claims.exp.saturating_add(inner.leeway),
+            delivery_id: expected.delivery_id.clone(),
         };
         match inner.replay.check_and_record(&replay_entry).await {
             Ok(ReplayStatus::Fresh) => {}
@@ -406,7 +435,7 @@ impl Verifier {
         })
     }
 
-    fn check_claims(&self, claims: &Claims, owner: &ServiceId) -> Result<(), Rejection> {
+    fn check_claims(&self, claims: &Claims, owner: &ServiceId, now: i64) -> Result<(), Rejection> {
         let inner = &self.inner;
 
         if claims.iss != owner.as_str() {
@@ -423,7 +452,6 @@ impl Verifier {
         }
 
         // All times are within 0..=MAX_NUMERIC_DATE, so these sums cannot overflow.
-        let now = inner.clock.now();
         if claims.exp <= claims.iat {
             return Err(Rejection::new(Reason::Malformed, "exp is not after iat"));
         }

@@ -30,7 +30,8 @@ pub struct MemoryReplayGuard {
 
 #[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<u128, i64>,
+    /// Key to (expiry, hash of the delivery id or 0 when there is none).
+    entries: HashMap<u128, (i64, u64)>,
     /// Unix second of the last sweep of expired entries.
     last_sweep: i64,
 }
@@ -89,15 +90,17 @@ impl MemoryReplayGuard {
         let key = Self::key(entry);
         let mut inner = self.lock();
 
-        if let Some(&expires_at) = inner.entries.get(&key) {
+        let delivery = delivery_hash(entry);
+        if let Some(&(expires_at, recorded_delivery)) = inner.entries.get(&key) {
             if expires_at >= now {
-                return Ok(ReplayStatus::Replayed);
+                let redelivery = delivery != 0 && recorded_delivery == delivery;
+                return Ok(if redelivery { ReplayStatus::Fresh } else { ReplayStatus::Replayed });
             }
         }
 
         // Sweep at most once a second, or whenever the map is full.
         if inner.entries.len() >= self.capacity || now > inner.last_sweep {
-            inner.entries.retain(|_, expires_at| *expires_at >= now);
+            inner.entries.retain(|_, (expires_at, _)| *expires_at >= now);
             inner.last_sweep = now;
         }
         if inner.entries.len() >= self.capacity && !inner.entries.contains_key(&key) {
@@ -107,9 +110,20 @@ impl MemoryReplayGuard {
             )));
         }
 
-        inner.entries.insert(key, entry.expires_at);
+        inner.entries.insert(key, (entry.expires_at, delivery));
         Ok(ReplayStatus::Fresh)
     }
+}
+
+/// A 64-bit hash of the delivery id, never 0 for a present id.
+fn delivery_hash(entry: &ReplayEntry) -> u64 {
+    let Some(id) = &entry.delivery_id else {
+        return 0;
+    };
+    let digest = Sha256::digest(id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first).max(1)
 }
 
 impl ReplayGuard for MemoryReplayGuard {
@@ -134,6 +148,7 @@ mod tests {
             iss: "orders".into(),
             jti: jti.into(),
             expires_at,
+            delivery_id: None,
         }
     }
 
@@ -171,6 +186,19 @@ mod tests {
         guard.record(&entry("a", 200)).unwrap();
         guard.record(&entry("b", 200)).unwrap();
         assert!(guard.record(&entry("c", 200)).is_err());
+        assert_eq!(guard.record(&entry("a", 200)).unwrap(), ReplayStatus::Replayed);
+    }
+
+    #[test]
+    fn same_delivery_is_not_a_replay() {
+        let guard = MemoryReplayGuard::with_capacity(10).with_clock(Arc::new(FixedClock::new(100)));
+        let mut first = entry("a", 200);
+        first.delivery_id = Some("stream-seq-7".into());
+        let mut copy = entry("a", 200);
+        copy.delivery_id = Some("stream-seq-8".into());
+        assert_eq!(guard.record(&first).unwrap(), ReplayStatus::Fresh);
+        assert_eq!(guard.record(&first).unwrap(), ReplayStatus::Fresh);
+        assert_eq!(guard.record(&copy).unwrap(), ReplayStatus::Replayed);
         assert_eq!(guard.record(&entry("a", 200)).unwrap(), ReplayStatus::Replayed);
     }
 

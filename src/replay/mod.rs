@@ -21,6 +21,11 @@ pub struct ReplayEntry {
     /// Unix time in seconds after which the token can no longer verify
     /// (`exp` plus the verifier's leeway); the entry may be forgotten then.
     pub expires_at: i64,
+    /// The broker's id of the stored message that carried the token (a
+    /// JetStream stream sequence, say), when the transport has a stable one.
+    /// A guard that finds the entry recorded with the same delivery id
+    /// treats it as a redelivery of that message, not a replay.
+    pub delivery_id: Option<String>,
 }
 
 /// Whether a `jti` was new.
@@ -41,7 +46,8 @@ pub struct ReplayGuardError(pub String);
 /// A store of accepted token ids.
 ///
 /// `check_and_record` must be atomic: when two verifiers race on the same
-/// entry, exactly one gets [`ReplayStatus::Fresh`].
+/// entry, exactly one gets [`ReplayStatus::Fresh`], unless both carry the
+/// same `delivery_id` (two deliveries of one stored message).
 pub trait ReplayGuard: Send + Sync + Debug {
     /// Records `entry` if it is new.
     fn check_and_record<'a>(&'a self, entry: &'a ReplayEntry) -> BoxFuture<'a, Result<ReplayStatus, ReplayGuardError>>;

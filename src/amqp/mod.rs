@@ -1,0 +1,1 @@
+//! RabbitMQ transport: signing publishers and verifying consumers.

@@ -1,0 +1,1 @@
+//! NATS transport: signing publishers and verifying subscribers.
