@@ -399,7 +399,11 @@ impl Verifier {
         // Step 6: claims.
         let claims = Claims::from_map(parsed.claims.clone()).map_err(ids)?;
         let ids = |rejection: Rejection| rejection.with_ids(Some(&parsed.kid), Some(&claims.iss), Some(&claims.jti));
-        let now = expected.reference_time.unwrap_or_else(|| inner.clock.now());
+        // Clamped so a broken clock or broker time cannot overflow the checks.
+        let now = expected
+            .reference_time
+            .unwrap_or_else(|| inner.clock.now())
+            .clamp(0, MAX_NUMERIC_DATE);
         self.check_claims(&claims, &owner, now).map_err(ids)?;
 
         // Step 7: binding to what arrived.
