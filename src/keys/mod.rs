@@ -15,7 +15,9 @@ pub(crate) use public::ParsedJwk;
 pub use signing::SigningKey;
 
 #[cfg(test)]
-pub(crate) use thumbprint::{ec_thumbprint, okp_thumbprint, rsa_thumbprint};
+use thumbprint::rsa_thumbprint;
+#[cfg(test)]
+mod vector_tests;
 
 /// Errors from creating, parsing or loading keys.
 #[derive(Debug, thiserror::Error)]

@@ -58,6 +58,11 @@ impl SigningKey {
         &self.public
     }
 
+    #[cfg(test)]
+    pub(crate) fn inner_verifying_key_bytes(&self) -> [u8; 32] {
+        self.inner.verifying_key().to_bytes()
+    }
+
     pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.inner.sign(message).to_bytes()
     }
