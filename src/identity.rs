@@ -132,7 +132,10 @@ fn validate_spiffe_id(value: &str) -> Result<(), InvalidServiceId> {
         return Err(InvalidServiceId::new(value, "the SPIFFE trust domain is empty"));
     }
     if trust_domain.len() > MAX_TRUST_DOMAIN_LEN {
-        return Err(InvalidServiceId::new(value, "the SPIFFE trust domain is longer than 255 bytes"));
+        return Err(InvalidServiceId::new(
+            value,
+            "the SPIFFE trust domain is longer than 255 bytes",
+        ));
     }
     let domain_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b);
     if !trust_domain.bytes().all(domain_ok) {
@@ -156,7 +159,10 @@ fn validate_spiffe_id(value: &str) -> Result<(), InvalidServiceId> {
             ));
         }
         if segment == "." || segment == ".." {
-            return Err(InvalidServiceId::new(value, "a SPIFFE ID path may not contain '.' or '..' segments"));
+            return Err(InvalidServiceId::new(
+                value,
+                "a SPIFFE ID path may not contain '.' or '..' segments",
+            ));
         }
         let segment_ok = |b: u8| b.is_ascii_alphanumeric() || b"-_.".contains(&b);
         if !segment.bytes().all(segment_ok) {
@@ -259,7 +265,12 @@ impl Audience {
         if self.0.len() == 1 {
             serde_json::Value::String(self.0[0].to_string())
         } else {
-            serde_json::Value::Array(self.0.iter().map(|s| serde_json::Value::String(s.to_string())).collect())
+            serde_json::Value::Array(
+                self.0
+                    .iter()
+                    .map(|s| serde_json::Value::String(s.to_string()))
+                    .collect(),
+            )
         }
     }
 }
@@ -284,7 +295,17 @@ mod tests {
     #[test]
     fn plain_names_rejected() {
         let long = "a".repeat(129);
-        for name in ["", "Orders", "-orders", "orders-", "ord ers", "orders\n", "ördérs", long.as_str(), "http://x"] {
+        for name in [
+            "",
+            "Orders",
+            "-orders",
+            "orders-",
+            "ord ers",
+            "orders\n",
+            "ördérs",
+            long.as_str(),
+            "http://x",
+        ] {
             assert!(ServiceId::new(name).is_err(), "{name:?} should be invalid");
         }
     }

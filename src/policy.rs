@@ -52,7 +52,9 @@ pub enum PolicyError {
     Invalid(String),
 
     /// A route pattern is not `METHOD /path`.
-    #[error("invalid route pattern {pattern:?} for issuer {issuer}: expected \"METHOD /path\", for example \"POST /v1/charges\"")]
+    #[error(
+        "invalid route pattern {pattern:?} for issuer {issuer}: expected \"METHOD /path\", for example \"POST /v1/charges\""
+    )]
     InvalidRoute {
         /// The issuer the rule is for.
         issuer: String,
@@ -144,7 +146,11 @@ impl Policy {
             for pattern in &rule.routes {
                 policy = policy.allow_route(rule.issuer.clone(), pattern)?;
             }
-            policy.rules.get_or_insert_with(BTreeMap::new).entry(rule.issuer).or_default();
+            policy
+                .rules
+                .get_or_insert_with(BTreeMap::new)
+                .entry(rule.issuer)
+                .or_default();
         }
         Ok(policy)
     }
@@ -163,12 +169,9 @@ impl Policy {
             Some(Binding::Channel(channel)) => rules.channels.iter().any(|pattern| channel_matches(pattern, channel)),
             Some(Binding::Http { method, target }) => {
                 let path = target.split('?').next().unwrap_or("");
-                rules
-                    .routes
-                    .iter()
-                    .any(|(pattern_method, pattern_path)| {
-                        (pattern_method == "*" || pattern_method == method) && path_matches(pattern_path, path)
-                    })
+                rules.routes.iter().any(|(pattern_method, pattern_path)| {
+                    (pattern_method == "*" || pattern_method == method) && path_matches(pattern_path, path)
+                })
             }
         }
     }
@@ -237,7 +240,8 @@ fn nats_matches(pattern: &str, subject: &str) -> bool {
 }
 
 fn amqp_matches(pattern: &str, target: &str) -> bool {
-    let (Some((pattern_exchange, pattern_key)), Some((exchange, key))) = (pattern.split_once('/'), target.split_once('/'))
+    let (Some((pattern_exchange, pattern_key)), Some((exchange, key))) =
+        (pattern.split_once('/'), target.split_once('/'))
     else {
         return pattern == target;
     };
@@ -245,7 +249,11 @@ fn amqp_matches(pattern: &str, target: &str) -> bool {
         return false;
     }
     let pattern_words: Vec<&str> = pattern_key.split('.').collect();
-    let words: Vec<&str> = if key.is_empty() { Vec::new() } else { key.split('.').collect() };
+    let words: Vec<&str> = if key.is_empty() {
+        Vec::new()
+    } else {
+        key.split('.').collect()
+    };
     topic_matches(&pattern_words, &words)
 }
 

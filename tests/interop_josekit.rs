@@ -26,7 +26,9 @@ fn now() -> i64 {
 
 fn verifier(set: JwkSet) -> Verifier {
     let trust = TrustStore::new().trust(ServiceId::new("orders").unwrap(), KeySource::inline(set));
-    Verifier::builder(ServiceId::new("payments").unwrap(), trust).build().unwrap()
+    Verifier::builder(ServiceId::new("payments").unwrap(), trust)
+        .build()
+        .unwrap()
 }
 
 fn expected() -> Expected<'static> {
@@ -168,7 +170,10 @@ async fn es256_zero_signature_rejected() {
 }
 
 fn hex_bytes(text: &str) -> Vec<u8> {
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -203,5 +208,8 @@ async fn josekit_expired_token_rejected() {
         .clock(Arc::new(FixedClock::new(now() + 3600)))
         .build()
         .unwrap();
-    assert_eq!(later.verify(&token, &expected()).await.unwrap_err().reason(), Reason::Expired);
+    assert_eq!(
+        later.verify(&token, &expected()).await.unwrap_err().reason(),
+        Reason::Expired
+    );
 }

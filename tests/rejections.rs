@@ -39,10 +39,13 @@ impl Sender {
     }
 
     fn signer(&self, service: &str) -> Signer {
-        Signer::builder(ServiceId::new(service).unwrap(), SigningKey::from_seed(&self.seed).unwrap())
-            .clock(Arc::new(FixedClock::new(NOW)))
-            .build()
-            .unwrap()
+        Signer::builder(
+            ServiceId::new(service).unwrap(),
+            SigningKey::from_seed(&self.seed).unwrap(),
+        )
+        .clock(Arc::new(FixedClock::new(NOW)))
+        .build()
+        .unwrap()
     }
 
     /// Signs arbitrary header and claims JSON text.
@@ -78,7 +81,10 @@ fn verifier_for(sender: &Sender) -> Verifier {
     verifier_with(sender, |builder| builder)
 }
 
-fn verifier_with(sender: &Sender, configure: impl FnOnce(trustwire::envelope::VerifierBuilder) -> trustwire::envelope::VerifierBuilder) -> Verifier {
+fn verifier_with(
+    sender: &Sender,
+    configure: impl FnOnce(trustwire::envelope::VerifierBuilder) -> trustwire::envelope::VerifierBuilder,
+) -> Verifier {
     let trust = TrustStore::new().trust(ServiceId::new("orders").unwrap(), KeySource::inline(sender.set.clone()));
     let clock = Arc::new(FixedClock::new(NOW));
     let builder = Verifier::builder(ServiceId::new("payments").unwrap(), trust).clock(clock);
@@ -141,18 +147,22 @@ async fn both_ed25519_alg_names_accepted() {
 #[tokio::test]
 async fn fully_specified_alg_signer() {
     let sender = Sender::new(1);
-    let signer = Signer::builder(ServiceId::new("orders").unwrap(), SigningKey::from_seed(&sender.seed).unwrap())
-        .clock(Arc::new(FixedClock::new(NOW)))
-        .fully_specified_alg()
-        .build()
-        .unwrap();
+    let signer = Signer::builder(
+        ServiceId::new("orders").unwrap(),
+        SigningKey::from_seed(&sender.seed).unwrap(),
+    )
+    .clock(Arc::new(FixedClock::new(NOW)))
+    .fully_specified_alg()
+    .build()
+    .unwrap();
     let token = signer
         .token(ServiceId::new("payments").unwrap())
         .binding(Binding::channel(CHANNEL).unwrap())
         .payload(PAYLOAD)
         .sign()
         .unwrap();
-    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
     assert_eq!(header["alg"], "Ed25519");
     let verified = verifier_for(&sender).verify(&token, &expected()).await.unwrap();
     assert_eq!(verified.alg, trustwire::keys::Algorithm::Ed25519);
@@ -187,7 +197,10 @@ async fn malformed_structure() {
         ("padding", format!("{}=.{}.{}", parts[0], parts[1], parts[2])),
         ("standard alphabet", good.replace('-', "+").replace('_', "/") + "+"),
         ("whitespace", format!("{} .{}.{}", parts[0], parts[1], parts[2])),
-        ("header not JSON", format!("{}.{}.{}", b64(b"not json"), parts[1], parts[2])),
+        (
+            "header not JSON",
+            format!("{}.{}.{}", b64(b"not json"), parts[1], parts[2]),
+        ),
         ("header array", format!("{}.{}.{}", b64(b"[]"), parts[1], parts[2])),
         ("claims not JSON", sender.forge(&sender.header(), "{")),
     ];
@@ -210,7 +223,9 @@ async fn duplicate_members_malformed() {
         assert_eq!(reason_of(&verifier, &token).await, Reason::Malformed, "{header}");
     }
 
-    let claims_text = claims().to_string().replacen('{', r#"{"sub":"alice","sub":"admin","#, 1);
+    let claims_text = claims()
+        .to_string()
+        .replacen('{', r#"{"sub":"alice","sub":"admin","#, 1);
     let token = sender.forge(&sender.header(), &claims_text);
     assert_eq!(reason_of(&verifier, &token).await, Reason::Malformed);
 }
@@ -267,7 +282,18 @@ async fn typ_compared_case_insensitively() {
 async fn unsupported_algorithms() {
     let sender = Sender::new(1);
     let verifier = verifier_for(&sender);
-    for alg in [json!("none"), json!("None"), json!("NONE"), json!("nOnE"), json!(""), json!("HS256"), json!("RS256"), json!("eddsa"), json!(1), Value::Null] {
+    for alg in [
+        json!("none"),
+        json!("None"),
+        json!("NONE"),
+        json!("nOnE"),
+        json!(""),
+        json!("HS256"),
+        json!("RS256"),
+        json!("eddsa"),
+        json!(1),
+        Value::Null,
+    ] {
         let mut header = json!({"kid": sender.kid, "typ": "trustwire+jwt"});
         if !alg.is_null() {
             header["alg"] = alg.clone();
@@ -278,7 +304,11 @@ async fn unsupported_algorithms() {
 
     // An unsigned token: alg none with an empty signature.
     let header = json!({"alg": "none", "kid": sender.kid, "typ": "trustwire+jwt"});
-    let token = format!("{}.{}.", b64(header.to_string().as_bytes()), b64(claims().to_string().as_bytes()));
+    let token = format!(
+        "{}.{}.",
+        b64(header.to_string().as_bytes()),
+        b64(claims().to_string().as_bytes())
+    );
     assert_eq!(reason_of(&verifier, &token).await, Reason::UnsupportedAlg);
 }
 
@@ -300,7 +330,10 @@ async fn forbidden_header_members() {
         ("crit", json!("b64")),
         ("b64", json!(false)),
         ("jku", json!("https://attacker.example/jwks.json")),
-        ("jwk", json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"})),
+        (
+            "jwk",
+            json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}),
+        ),
         ("x5u", json!("https://attacker.example/cert.pem")),
         ("x5c", json!(["MIIB"])),
         ("zip", json!("DEF")),
@@ -309,7 +342,11 @@ async fn forbidden_header_members() {
         let mut header = json!({"alg": "EdDSA", "kid": sender.kid, "typ": "trustwire+jwt"});
         header[name] = value.clone();
         let token = sender.forge(&header.to_string(), &claims().to_string());
-        assert_eq!(reason_of(&verifier, &token).await, Reason::UnsupportedHeader, "{name}: {value}");
+        assert_eq!(
+            reason_of(&verifier, &token).await,
+            Reason::UnsupportedHeader,
+            "{name}: {value}"
+        );
     }
 }
 
@@ -393,7 +430,10 @@ async fn issuer_mismatch() {
     let billing = Sender::new(2);
     let trust = TrustStore::new()
         .trust(ServiceId::new("orders").unwrap(), KeySource::inline(orders.set.clone()))
-        .trust(ServiceId::new("billing").unwrap(), KeySource::inline(billing.set.clone()));
+        .trust(
+            ServiceId::new("billing").unwrap(),
+            KeySource::inline(billing.set.clone()),
+        );
     let verifier = Verifier::builder(ServiceId::new("payments").unwrap(), trust)
         .clock(Arc::new(FixedClock::new(NOW)))
         .build()
@@ -411,9 +451,20 @@ async fn issuer_mismatch() {
 #[tokio::test]
 async fn wrong_audience() {
     let sender = Sender::new(1);
-    for aud in [json!("billing"), json!([]), json!(""), json!("Payments"), json!(["billing", "PAYMENTS"]), json!("payments ")] {
+    for aud in [
+        json!("billing"),
+        json!([]),
+        json!(""),
+        json!("Payments"),
+        json!(["billing", "PAYMENTS"]),
+        json!("payments "),
+    ] {
         let claims = with(claims(), "aud", aud.clone());
-        assert_eq!(reason_of_claims(&sender, &claims).await, Reason::WrongAudience, "aud {aud}");
+        assert_eq!(
+            reason_of_claims(&sender, &claims).await,
+            Reason::WrongAudience,
+            "aud {aud}"
+        );
     }
 }
 
@@ -441,7 +492,11 @@ async fn claims_of_wrong_type_malformed() {
     ];
     for (name, value) in cases {
         let claims = with(claims(), name, value.clone());
-        assert_eq!(reason_of_claims(&sender, &claims).await, Reason::Malformed, "{name}: {value}");
+        assert_eq!(
+            reason_of_claims(&sender, &claims).await,
+            Reason::Malformed,
+            "{name}: {value}"
+        );
     }
 }
 
@@ -461,7 +516,11 @@ async fn time_claims_of_wrong_type_malformed() {
     for name in ["exp", "nbf", "iat"] {
         for value in &values {
             let claims = with(claims(), name, value.clone());
-            assert_eq!(reason_of_claims(&sender, &claims).await, Reason::Malformed, "{name}: {value}");
+            assert_eq!(
+                reason_of_claims(&sender, &claims).await,
+                Reason::Malformed,
+                "{name}: {value}"
+            );
         }
     }
 }
@@ -471,7 +530,9 @@ async fn huge_time_text_malformed() {
     // Numbers written with huge exponents or digits must not reach any
     // float-to-duration conversion.
     let sender = Sender::new(1);
-    let text = claims().to_string().replace(&format!("\"exp\":{}", NOW + 60), "\"exp\":1e400");
+    let text = claims()
+        .to_string()
+        .replace(&format!("\"exp\":{}", NOW + 60), "\"exp\":1e400");
     assert!(text.contains("1e400"));
     let token = sender.forge(&sender.header(), &text);
     assert_eq!(reason_of(&verifier_for(&sender), &token).await, Reason::Malformed);
@@ -547,13 +608,22 @@ async fn binding_mismatch() {
     let token = sender.forge(&sender.header(), &claims().to_string());
 
     let other_channel = Expected::message(Binding::channel("nats:orders.deleted").unwrap(), PAYLOAD);
-    assert_eq!(verifier.verify(&token, &other_channel).await.unwrap_err().reason(), Reason::BindingMismatch);
+    assert_eq!(
+        verifier.verify(&token, &other_channel).await.unwrap_err().reason(),
+        Reason::BindingMismatch
+    );
 
     let as_http = Expected::new(Binding::http("POST", "/orders").unwrap(), Some(PAYLOAD));
-    assert_eq!(verifier.verify(&token, &as_http).await.unwrap_err().reason(), Reason::BindingMismatch);
+    assert_eq!(
+        verifier.verify(&token, &as_http).await.unwrap_err().reason(),
+        Reason::BindingMismatch
+    );
 
     let no_chn = sender.forge(&sender.header(), &without(claims(), "chn").to_string());
-    assert_eq!(verifier.verify(&no_chn, &expected()).await.unwrap_err().reason(), Reason::BindingMismatch);
+    assert_eq!(
+        verifier.verify(&no_chn, &expected()).await.unwrap_err().reason(),
+        Reason::BindingMismatch
+    );
 }
 
 #[tokio::test]
@@ -575,19 +645,31 @@ async fn http_binding_checked() {
 
     let token = sign("POST", "/v1/charges");
     let other_method = Expected::new(Binding::http("DELETE", "/v1/charges").unwrap(), None);
-    assert_eq!(verifier.verify(&token, &other_method).await.unwrap_err().reason(), Reason::BindingMismatch);
+    assert_eq!(
+        verifier.verify(&token, &other_method).await.unwrap_err().reason(),
+        Reason::BindingMismatch
+    );
 
     let token = sign("POST", "/v1/charges");
     let other_path = Expected::new(Binding::http("POST", "/v1/refunds").unwrap(), None);
-    assert_eq!(verifier.verify(&token, &other_path).await.unwrap_err().reason(), Reason::BindingMismatch);
+    assert_eq!(
+        verifier.verify(&token, &other_path).await.unwrap_err().reason(),
+        Reason::BindingMismatch
+    );
 
     let token = sign("POST", "/v1/charges?amount=1");
     let other_query = Expected::new(Binding::http("POST", "/v1/charges?amount=1000").unwrap(), None);
-    assert_eq!(verifier.verify(&token, &other_query).await.unwrap_err().reason(), Reason::BindingMismatch);
+    assert_eq!(
+        verifier.verify(&token, &other_query).await.unwrap_err().reason(),
+        Reason::BindingMismatch
+    );
 
     let token = sign("POST", "/v1/charges");
     let channel = Expected::new(Binding::channel("nats:v1.charges").unwrap(), None);
-    assert_eq!(verifier.verify(&token, &channel).await.unwrap_err().reason(), Reason::BindingMismatch);
+    assert_eq!(
+        verifier.verify(&token, &channel).await.unwrap_err().reason(),
+        Reason::BindingMismatch
+    );
 }
 
 #[tokio::test]
@@ -596,20 +678,31 @@ async fn digest_mismatch() {
     let verifier = verifier_for(&sender);
     let token = sender.forge(&sender.header(), &claims().to_string());
     let tampered = Expected::message(Binding::channel(CHANNEL).unwrap(), br#"{"order":43}"#);
-    assert_eq!(verifier.verify(&token, &tampered).await.unwrap_err().reason(), Reason::DigestMismatch);
+    assert_eq!(
+        verifier.verify(&token, &tampered).await.unwrap_err().reason(),
+        Reason::DigestMismatch
+    );
 
     let no_dig = sender.forge(&sender.header(), &without(claims(), "dig").to_string());
-    assert_eq!(verifier.verify(&no_dig, &expected()).await.unwrap_err().reason(), Reason::DigestMismatch);
+    assert_eq!(
+        verifier.verify(&no_dig, &expected()).await.unwrap_err().reason(),
+        Reason::DigestMismatch
+    );
 
     let token = sender.forge(&sender.header(), &with(claims(), "jti", json!("other")).to_string());
     let no_payload = Expected::new(Binding::channel(CHANNEL).unwrap(), None);
-    assert_eq!(verifier.verify(&token, &no_payload).await.unwrap_err().reason(), Reason::DigestMismatch);
+    assert_eq!(
+        verifier.verify(&token, &no_payload).await.unwrap_err().reason(),
+        Reason::DigestMismatch
+    );
 }
 
 #[tokio::test]
 async fn policy_denial() {
     let sender = Sender::new(1);
-    let policy = Policy::deny_all().allow_channel(ServiceId::new("orders").unwrap(), "nats:orders.deleted").unwrap();
+    let policy = Policy::deny_all()
+        .allow_channel(ServiceId::new("orders").unwrap(), "nats:orders.deleted")
+        .unwrap();
     let verifier = verifier_with(&sender, |builder| builder.policy(policy));
     let token = sender.forge(&sender.header(), &claims().to_string());
     assert_eq!(reason_of(&verifier, &token).await, Reason::NotAllowed);
@@ -618,7 +711,9 @@ async fn policy_denial() {
 #[tokio::test]
 async fn policy_allows_matching_channel() {
     let sender = Sender::new(1);
-    let policy = Policy::deny_all().allow_channel(ServiceId::new("orders").unwrap(), "nats:orders.*").unwrap();
+    let policy = Policy::deny_all()
+        .allow_channel(ServiceId::new("orders").unwrap(), "nats:orders.*")
+        .unwrap();
     let verifier = verifier_with(&sender, |builder| builder.policy(policy));
     let token = sender.forge(&sender.header(), &claims().to_string());
     assert!(verifier.verify(&token, &expected()).await.is_ok());
@@ -663,7 +758,10 @@ async fn every_reason_code_is_distinct() {
 #[test]
 fn weak_key_in_jwks_rejected() {
     // The small-order point with x = 1 (the identity's neighbour) and all zeros.
-    for x in ["AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+    for x in [
+        "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
         let doc = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x}]}).to_string();
         assert!(JwkSet::parse(doc.as_bytes()).is_err(), "{x}");
     }

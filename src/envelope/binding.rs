@@ -65,7 +65,9 @@ impl Binding {
     pub fn http(method: &str, path_and_query: &str) -> Result<Self, InvalidBinding> {
         let method_ok = !method.is_empty()
             && method.len() <= 32
-            && method.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            && method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !method_ok {
             return Err(InvalidBinding::new(method, "the method is not an HTTP token"));
         }
@@ -124,13 +126,22 @@ pub fn canonical_target(target: &str) -> Result<String, InvalidBinding> {
         return Err(InvalidBinding::new(target, "the request target must start with '/'"));
     }
     if target.len() > MAX_BINDING_LEN {
-        return Err(InvalidBinding::new(target, "the request target is longer than 4096 bytes"));
+        return Err(InvalidBinding::new(
+            target,
+            "the request target is longer than 4096 bytes",
+        ));
     }
     if target.contains('#') {
-        return Err(InvalidBinding::new(target, "the request target may not contain a fragment"));
+        return Err(InvalidBinding::new(
+            target,
+            "the request target may not contain a fragment",
+        ));
     }
     if target.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(InvalidBinding::new(target, "the request target contains spaces or control characters"));
+        return Err(InvalidBinding::new(
+            target,
+            "the request target contains spaces or control characters",
+        ));
     }
 
     let (path, query) = match target.split_once('?') {

@@ -55,7 +55,9 @@ pub struct Claims {
     pub extra: Map<String, Value>,
 }
 
-const KNOWN: [&str; 12] = ["iss", "sub", "aud", "iat", "exp", "nbf", "jti", "chn", "htm", "htu", "dig", "act"];
+const KNOWN: [&str; 12] = [
+    "iss", "sub", "aud", "iat", "exp", "nbf", "jti", "chn", "htm", "htu", "dig", "act",
+];
 
 impl Claims {
     /// Reads the claims with strict types: strings must be strings, times
@@ -101,17 +103,28 @@ fn malformed(detail: String) -> Rejection {
 }
 
 fn missing(name: &str) -> Rejection {
-    Rejection::new(Reason::MissingClaim, format!("the required claim \"{name}\" is missing"))
+    Rejection::new(
+        Reason::MissingClaim,
+        format!("the required claim \"{name}\" is missing"),
+    )
 }
 
-fn required<T>(map: &Map<String, Value>, name: &str, read: fn(&str, &Value) -> Result<T, Rejection>) -> Result<T, Rejection> {
+fn required<T>(
+    map: &Map<String, Value>,
+    name: &str,
+    read: fn(&str, &Value) -> Result<T, Rejection>,
+) -> Result<T, Rejection> {
     match map.get(name) {
         None => Err(missing(name)),
         Some(value) => read(name, value),
     }
 }
 
-fn optional<T>(map: &Map<String, Value>, name: &str, read: fn(&str, &Value) -> Result<T, Rejection>) -> Result<Option<T>, Rejection> {
+fn optional<T>(
+    map: &Map<String, Value>,
+    name: &str,
+    read: fn(&str, &Value) -> Result<T, Rejection>,
+) -> Result<Option<T>, Rejection> {
     map.get(name).map(|value| read(name, value)).transpose()
 }
 
@@ -151,7 +164,9 @@ fn audience(value: &Value) -> Result<Vec<String>, Rejection> {
                 })
                 .collect()
         }
-        _ => Err(malformed("\"aud\" is neither a string nor an array of strings".to_owned())),
+        _ => Err(malformed(
+            "\"aud\" is neither a string nor an array of strings".to_owned(),
+        )),
     }
 }
 

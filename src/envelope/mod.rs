@@ -12,8 +12,8 @@ pub use claims::Claims;
 pub use rejection::{Reason, Rejection};
 pub use signer::{DEFAULT_TTL, SignError, Signer, SignerBuilder, TokenBuilder};
 pub use verifier::{
-    DEFAULT_LEEWAY, DEFAULT_MAX_LIFETIME, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_TOKEN_BYTES, Expected, MAX_SAFE_LEEWAY,
-    Verified, Verifier, VerifierBuilder, VerifierConfigError,
+    DEFAULT_LEEWAY, DEFAULT_MAX_LIFETIME, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_TOKEN_BYTES, Expected,
+    MAX_SAFE_LEEWAY, Verified, Verifier, VerifierBuilder, VerifierConfigError,
 };
 
 /// The `typ` header of a trustwire token.

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::binding::{Binding, payload_digest};
 use super::TOKEN_TYP;
+use super::binding::{Binding, payload_digest};
 use crate::clock::{Clock, SystemClock};
 use crate::encoding::b64_encode;
 use crate::identity::{Audience, ServiceId};

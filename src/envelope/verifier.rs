@@ -207,7 +207,10 @@ impl VerifierBuilder {
             return Err(VerifierConfigError::LeewayTooLong(self.leeway.as_secs()));
         }
         if self.dangerous_leeway {
-            tracing::warn!(leeway_s = self.leeway.as_secs(), "verifier built with a dangerous leeway");
+            tracing::warn!(
+                leeway_s = self.leeway.as_secs(),
+                "verifier built with a dangerous leeway"
+            );
         }
         if self.max_token_bytes == 0 {
             return Err(VerifierConfigError::ZeroLimit("max_token_bytes"));
@@ -364,14 +367,22 @@ impl Verifier {
         if token.len() > inner.max_token_bytes {
             return Err(Rejection::new(
                 Reason::TooLarge,
-                format!("token is {} bytes, above the limit of {}", token.len(), inner.max_token_bytes),
+                format!(
+                    "token is {} bytes, above the limit of {}",
+                    token.len(),
+                    inner.max_token_bytes
+                ),
             ));
         }
         if let Some(payload) = expected.payload {
             if payload.len() > inner.max_payload_bytes {
                 return Err(Rejection::new(
                     Reason::TooLarge,
-                    format!("payload is {} bytes, above the limit of {}", payload.len(), inner.max_payload_bytes),
+                    format!(
+                        "payload is {} bytes, above the limit of {}",
+                        payload.len(),
+                        inner.max_payload_bytes
+                    ),
                 ));
             }
         }
@@ -460,20 +471,33 @@ impl Verifier {
             return Err(Rejection::new(Reason::Malformed, "exp is not after iat"));
         }
         if now > claims.exp + inner.leeway {
-            return Err(Rejection::new(Reason::Expired, format!("expired {} s ago", now - claims.exp)));
+            return Err(Rejection::new(
+                Reason::Expired,
+                format!("expired {} s ago", now - claims.exp),
+            ));
         }
         if claims.iat > now + inner.leeway {
-            return Err(Rejection::new(Reason::NotYetValid, format!("iat is {} s in the future", claims.iat - now)));
+            return Err(Rejection::new(
+                Reason::NotYetValid,
+                format!("iat is {} s in the future", claims.iat - now),
+            ));
         }
         if let Some(nbf) = claims.nbf {
             if nbf > now + inner.leeway {
-                return Err(Rejection::new(Reason::NotYetValid, format!("nbf is {} s in the future", nbf - now)));
+                return Err(Rejection::new(
+                    Reason::NotYetValid,
+                    format!("nbf is {} s in the future", nbf - now),
+                ));
             }
         }
         if claims.exp - claims.iat > inner.max_lifetime {
             return Err(Rejection::new(
                 Reason::LifetimeTooLong,
-                format!("lifetime of {} s is above the maximum of {} s", claims.exp - claims.iat, inner.max_lifetime),
+                format!(
+                    "lifetime of {} s is above the maximum of {} s",
+                    claims.exp - claims.iat,
+                    inner.max_lifetime
+                ),
             ));
         }
         Ok(())
@@ -485,13 +509,24 @@ fn parse_token(token: &str) -> Result<Parsed<'_>, Rejection> {
     let segments: Vec<&str> = token.split('.').collect();
     match segments.len() {
         3 => {}
-        5 => return Err(Rejection::new(Reason::WrongType, "a JWE was given where a signed token (JWS) is expected")),
-        count => return Err(Rejection::new(Reason::Malformed, format!("expected 3 dot-separated segments, found {count}"))),
+        5 => {
+            return Err(Rejection::new(
+                Reason::WrongType,
+                "a JWE was given where a signed token (JWS) is expected",
+            ));
+        }
+        count => {
+            return Err(Rejection::new(
+                Reason::Malformed,
+                format!("expected 3 dot-separated segments, found {count}"),
+            ));
+        }
     }
     let (header_b64, claims_b64, signature_b64) = (segments[0], segments[1], segments[2]);
 
     let decode = |segment: &str, name: &str| {
-        b64_decode(segment).map_err(|_| Rejection::new(Reason::Malformed, format!("{name} is not strict unpadded base64url")))
+        b64_decode(segment)
+            .map_err(|_| Rejection::new(Reason::Malformed, format!("{name} is not strict unpadded base64url")))
     };
     let header_bytes = decode(header_b64, "header")?;
     let claims_bytes = decode(claims_b64, "claims")?;
@@ -516,9 +551,15 @@ fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, String), Reje
     for name in FORBIDDEN_HEADERS {
         if header.contains_key(name) {
             if name == "enc" {
-                return Err(Rejection::new(Reason::WrongType, "header has \"enc\": a JWE header where a JWS is expected"));
+                return Err(Rejection::new(
+                    Reason::WrongType,
+                    "header has \"enc\": a JWE header where a JWS is expected",
+                ));
             }
-            return Err(Rejection::new(Reason::UnsupportedHeader, format!("header member {name:?} is not accepted")));
+            return Err(Rejection::new(
+                Reason::UnsupportedHeader,
+                format!("header member {name:?} is not accepted"),
+            ));
         }
     }
 
@@ -526,10 +567,18 @@ fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, String), Reje
         Some(Value::String(typ)) if typ_matches(typ) => {}
         Some(Value::String(typ)) => {
             let shown: String = typ.chars().take(40).collect();
-            return Err(Rejection::new(Reason::WrongType, format!("typ {shown:?} is not {TOKEN_TYP:?}")));
+            return Err(Rejection::new(
+                Reason::WrongType,
+                format!("typ {shown:?} is not {TOKEN_TYP:?}"),
+            ));
         }
         Some(_) => return Err(Rejection::new(Reason::WrongType, "typ is not a string")),
-        None => return Err(Rejection::new(Reason::WrongType, format!("typ is missing; expected {TOKEN_TYP:?}"))),
+        None => {
+            return Err(Rejection::new(
+                Reason::WrongType,
+                format!("typ is missing; expected {TOKEN_TYP:?}"),
+            ));
+        }
     }
 
     let alg = match header.get("alg") {
@@ -538,7 +587,10 @@ fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, String), Reje
             Some(alg) => alg,
             None => {
                 let shown: String = name.chars().take(40).collect();
-                return Err(Rejection::new(Reason::UnsupportedAlg, format!("alg {shown:?} is not accepted")));
+                return Err(Rejection::new(
+                    Reason::UnsupportedAlg,
+                    format!("alg {shown:?} is not accepted"),
+                ));
             }
         },
         Some(_) => return Err(Rejection::new(Reason::UnsupportedAlg, "alg is not a string")),
@@ -581,7 +633,10 @@ fn check_binding(claims: &Claims, expected: &Expected<'_>) -> Result<(), Rejecti
     match &expected.binding {
         Binding::Channel(channel) => {
             if claims.htm.is_some() || claims.htu.is_some() {
-                return Err(Rejection::new(Reason::BindingMismatch, "token is bound to an HTTP request, not a channel"));
+                return Err(Rejection::new(
+                    Reason::BindingMismatch,
+                    "token is bound to an HTTP request, not a channel",
+                ));
             }
             match &claims.chn {
                 Some(chn) if chn == channel => {}
@@ -596,18 +651,27 @@ fn check_binding(claims: &Claims, expected: &Expected<'_>) -> Result<(), Rejecti
         }
         Binding::Http { method, target } => {
             if claims.chn.is_some() {
-                return Err(Rejection::new(Reason::BindingMismatch, "token is bound to a channel, not an HTTP request"));
+                return Err(Rejection::new(
+                    Reason::BindingMismatch,
+                    "token is bound to a channel, not an HTTP request",
+                ));
             }
             if claims.htm.as_deref() != Some(method.as_str()) {
                 return Err(Rejection::new(
                     Reason::BindingMismatch,
-                    format!("token is for method {:?}, request is {method}", claims.htm.as_deref().unwrap_or("")),
+                    format!(
+                        "token is for method {:?}, request is {method}",
+                        claims.htm.as_deref().unwrap_or("")
+                    ),
                 ));
             }
             if claims.htu.as_deref() != Some(target.as_str()) {
                 return Err(Rejection::new(
                     Reason::BindingMismatch,
-                    format!("token is for {:?}, request is {target:?}", claims.htu.as_deref().unwrap_or("")),
+                    format!(
+                        "token is for {:?}, request is {target:?}",
+                        claims.htu.as_deref().unwrap_or("")
+                    ),
                 ));
             }
         }
@@ -619,8 +683,18 @@ fn check_binding(claims: &Claims, expected: &Expected<'_>) -> Result<(), Rejecti
                 return Err(Rejection::new(Reason::DigestMismatch, "dig does not match the payload"));
             }
         }
-        (Some(_), None) => return Err(Rejection::new(Reason::DigestMismatch, "token has no dig claim for the payload")),
-        (None, Some(_)) => return Err(Rejection::new(Reason::DigestMismatch, "token binds a payload, but none arrived")),
+        (Some(_), None) => {
+            return Err(Rejection::new(
+                Reason::DigestMismatch,
+                "token has no dig claim for the payload",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Rejection::new(
+                Reason::DigestMismatch,
+                "token binds a payload, but none arrived",
+            ));
+        }
         (None, None) => {}
     }
     Ok(())

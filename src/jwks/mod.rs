@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::keys::{KeyError, ParsedJwk, PublicKey};
 
 pub use remote::{RemoteJwks, RemoteJwksBuilder, RemoteJwksConfig, SourceError};
-pub use route::{JWKS_PATH, JWKS_MEDIA_TYPE, JwksPublisher};
+pub use route::{JWKS_MEDIA_TYPE, JWKS_PATH, JwksPublisher};
 pub use trust::{KeySource, TrustStore};
 
 /// Maximum number of keys accepted in one JWK Set. Real sets hold a handful
@@ -163,23 +163,52 @@ mod tests {
 
     #[test]
     fn private_members_rejected() {
-        let doc = format!(r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"{ED_X}","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"}}]}}"#);
+        let doc = format!(
+            r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"{ED_X}","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"}}]}}"#
+        );
         let err = JwkSet::parse(doc.as_bytes()).unwrap_err();
-        assert!(matches!(err, JwksError::Key { source: KeyError::PrivateMaterial { member: "d" }, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                JwksError::Key {
+                    source: KeyError::PrivateMaterial { member: "d" },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn symmetric_key_rejected() {
         let err = JwkSet::parse(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).unwrap_err();
-        assert!(matches!(err, JwksError::Key { source: KeyError::PrivateMaterial { member: "k" }, .. }));
+        assert!(matches!(
+            err,
+            JwksError::Key {
+                source: KeyError::PrivateMaterial { member: "k" },
+                ..
+            }
+        ));
     }
 
     #[test]
     fn weak_ed25519_keys_rejected() {
-        for x in ["AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        for x in [
+            "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
             let doc = format!(r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"{x}"}}]}}"#);
             let err = JwkSet::parse(doc.as_bytes()).unwrap_err();
-            assert!(matches!(err, JwksError::Key { source: KeyError::WeakKey, .. }), "{x}: {err:?}");
+            assert!(
+                matches!(
+                    err,
+                    JwksError::Key {
+                        source: KeyError::WeakKey,
+                        ..
+                    }
+                ),
+                "{x}: {err:?}"
+            );
         }
     }
 
@@ -191,7 +220,9 @@ mod tests {
 
     #[test]
     fn duplicate_kid_rejected() {
-        let doc = format!(r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"{ED_X}"}},{{"kty":"OKP","crv":"Ed25519","x":"{ED_X}"}}]}}"#);
+        let doc = format!(
+            r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"{ED_X}"}},{{"kty":"OKP","crv":"Ed25519","x":"{ED_X}"}}]}}"#
+        );
         assert!(matches!(JwkSet::parse(doc.as_bytes()), Err(JwksError::DuplicateKid(_))));
     }
 
@@ -199,7 +230,10 @@ mod tests {
     fn too_many_keys_rejected() {
         let one = r#"{"kty":"RSA"}"#;
         let doc = format!(r#"{{"keys":[{}]}}"#, vec![one; MAX_KEYS + 1].join(","));
-        assert!(matches!(JwkSet::parse(doc.as_bytes()), Err(JwksError::TooManyKeys(101))));
+        assert!(matches!(
+            JwkSet::parse(doc.as_bytes()),
+            Err(JwksError::TooManyKeys(101))
+        ));
     }
 
     #[test]

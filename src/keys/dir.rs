@@ -66,14 +66,19 @@ impl KeyDir {
     /// Fails if `dir` already holds a key directory, so keys are never
     /// overwritten by accident.
     pub fn create(dir: &Path, service: ServiceId) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io { path: dir.to_owned(), source };
+        let io = |source| KeyError::Io {
+            path: dir.to_owned(),
+            source,
+        };
         fs::create_dir_all(dir).map_err(io)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
 
         if dir.join(MANIFEST).exists() {
             return Err(KeyError::InvalidKeyDir {
                 path: dir.to_owned(),
-                reason: format!("it already contains {MANIFEST}; choose an empty directory or remove the old keys first"),
+                reason: format!(
+                    "it already contains {MANIFEST}; choose an empty directory or remove the old keys first"
+                ),
             });
         }
 
@@ -113,9 +118,15 @@ impl KeyDir {
         let text = fs::read(&manifest_path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => KeyError::InvalidKeyDir {
                 path: dir.to_owned(),
-                reason: format!("{MANIFEST} not found; create the directory with `trustwire keygen --service ID --dir {}`", dir.display()),
+                reason: format!(
+                    "{MANIFEST} not found; create the directory with `trustwire keygen --service ID --dir {}`",
+                    dir.display()
+                ),
             },
-            _ => KeyError::Io { path: manifest_path.clone(), source },
+            _ => KeyError::Io {
+                path: manifest_path.clone(),
+                source,
+            },
         })?;
         let manifest: Manifest = serde_json::from_slice(&text).map_err(|err| KeyError::InvalidKeyDir {
             path: dir.to_owned(),
@@ -198,11 +209,17 @@ impl KeyDir {
 
 /// Loads a private key file after checking its permissions.
 pub(crate) fn load_private_key(path: &Path) -> Result<SigningKey, KeyError> {
-    let io = |source| KeyError::Io { path: path.to_owned(), source };
+    let io = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let metadata = fs::metadata(path).map_err(io)?;
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(KeyError::InsecurePermissions { path: path.to_owned(), mode });
+        return Err(KeyError::InsecurePermissions {
+            path: path.to_owned(),
+            mode,
+        });
     }
 
     let text = zeroize::Zeroizing::new(fs::read_to_string(path).map_err(io)?);
@@ -214,7 +231,10 @@ pub(crate) fn load_private_key(path: &Path) -> Result<SigningKey, KeyError> {
 
 /// Writes a file atomically (temporary file, then rename) with `mode`.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io { path: path.to_owned(), source };
+    let io = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
 
@@ -271,6 +291,9 @@ mod tests {
         let err = KeyDir::open(tmp.path()).unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, KeyError::InsecurePermissions { mode: 0o640, .. }));
-        assert!(message.contains(&format!("chmod 600 {}", key_file.display())), "{message}");
+        assert!(
+            message.contains(&format!("chmod 600 {}", key_file.display())),
+            "{message}"
+        );
     }
 }

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 pub use algorithm::Algorithm;
 pub use dir::{KeyDir, KeyState};
-pub use public::PublicKey;
 pub(crate) use public::ParsedJwk;
+pub use public::PublicKey;
 pub use signing::SigningKey;
 
 #[cfg(test)]
@@ -44,9 +44,7 @@ pub enum KeyError {
     MismatchedPrivateKey,
 
     /// A private key file can be read by group or others.
-    #[error(
-        "private key file {path} is readable by group or others (mode {mode:03o}); run `chmod 600 {path}`"
-    )]
+    #[error("private key file {path} is readable by group or others (mode {mode:03o}); run `chmod 600 {path}`")]
     InsecurePermissions {
         /// The key file.
         path: PathBuf,

@@ -181,8 +181,9 @@ impl PublicKey {
         let (material, thumbprint) = match (kty, crv) {
             ("OKP", "Ed25519") => {
                 let x = string_member(jwk, "x")?.ok_or(KeyError::InvalidJwk("Ed25519 key without \"x\"".into()))?;
-                let bytes: [u8; 32] = b64_decode_array(x)
-                    .ok_or(KeyError::InvalidJwk("Ed25519 \"x\" is not 32 bytes of base64url".into()))?;
+                let bytes: [u8; 32] = b64_decode_array(x).ok_or(KeyError::InvalidJwk(
+                    "Ed25519 \"x\" is not 32 bytes of base64url".into(),
+                ))?;
                 let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
                     .map_err(|_| KeyError::InvalidJwk("Ed25519 \"x\" is not a valid point".into()))?;
                 if key.is_weak() {
@@ -205,7 +206,9 @@ impl PublicKey {
                 (Material::P256(key), ec_thumbprint("P-256", x, y))
             }
             (kty, crv) => {
-                return Ok(ParsedJwk::Skipped(format!("kty {kty:?} with crv {crv:?} is not a supported signature key")));
+                return Ok(ParsedJwk::Skipped(format!(
+                    "kty {kty:?} with crv {crv:?} is not a supported signature key"
+                )));
             }
         };
 
@@ -238,6 +241,9 @@ impl fmt::Debug for PublicKey {
             Material::Ed25519(_) => "Ed25519",
             Material::P256(_) => "P-256",
         };
-        f.debug_struct("PublicKey").field("kid", &self.kid).field("type", &kind).finish()
+        f.debug_struct("PublicKey")
+            .field("kid", &self.kid)
+            .field("type", &kind)
+            .finish()
     }
 }

@@ -104,9 +104,7 @@ impl SigningKey {
         let d = string_member(jwk, "d")?.ok_or(KeyError::InvalidJwk("private key without \"d\"".into()))?;
         let x = string_member(jwk, "x")?.ok_or(KeyError::InvalidJwk("private key without \"x\"".into()))?;
 
-        let seed = Zeroizing::new(
-            b64_decode(d).map_err(|_| KeyError::InvalidJwk("\"d\" is not base64url".into()))?,
-        );
+        let seed = Zeroizing::new(b64_decode(d).map_err(|_| KeyError::InvalidJwk("\"d\" is not base64url".into()))?);
         let seed: &[u8; 32] = seed
             .as_slice()
             .try_into()
@@ -156,7 +154,10 @@ mod tests {
         jwk.insert("x".into(), other_x.into());
         jwk.remove("kid");
         let text = serde_json::to_string(&jwk).unwrap();
-        assert!(matches!(SigningKey::from_private_jwk(&text), Err(KeyError::MismatchedPrivateKey)));
+        assert!(matches!(
+            SigningKey::from_private_jwk(&text),
+            Err(KeyError::MismatchedPrivateKey)
+        ));
     }
 
     #[test]

@@ -9,11 +9,7 @@ pub(crate) fn okp_thumbprint(crv: &str, x: &str) -> String {
     // RFC 7638 section 3.2: the required members only, in lexicographic order,
     // no whitespace. `crv` and `x` are base64url or fixed names, so no escaping
     // is needed, but serde_json writes them to be safe.
-    let canonical = format!(
-        r#"{{"crv":{},"kty":"OKP","x":{}}}"#,
-        json_string(crv),
-        json_string(x)
-    );
+    let canonical = format!(r#"{{"crv":{},"kty":"OKP","x":{}}}"#, json_string(crv), json_string(x));
     b64_encode(&Sha256::digest(canonical.as_bytes()))
 }
 

@@ -25,7 +25,10 @@ fn rfc8037_thumbprint_is_kid() {
     let v = vector(include_str!("../../tests/vectors/rfc8037.json"));
     let seed: [u8; 32] = b64_decode(field(&v, "/private_jwk/d")).unwrap().try_into().unwrap();
     let key = SigningKey::from_seed(&seed).unwrap();
-    assert_eq!(b64_encode(&key.inner_verifying_key_bytes()), field(&v, "/private_jwk/x"));
+    assert_eq!(
+        b64_encode(&key.inner_verifying_key_bytes()),
+        field(&v, "/private_jwk/x")
+    );
     assert_eq!(key.kid(), field(&v, "/thumbprint"));
 }
 

@@ -94,7 +94,11 @@ impl MemoryReplayGuard {
         if let Some(&(expires_at, recorded_delivery)) = inner.entries.get(&key) {
             if expires_at >= now {
                 let redelivery = delivery != 0 && recorded_delivery == delivery;
-                return Ok(if redelivery { ReplayStatus::Fresh } else { ReplayStatus::Replayed });
+                return Ok(if redelivery {
+                    ReplayStatus::Fresh
+                } else {
+                    ReplayStatus::Replayed
+                });
             }
         }
 
