@@ -81,8 +81,27 @@ ensure_rabbitmq() {
     wait_for_port 127.0.0.1 5672 120 || fail "RabbitMQ did not answer on 127.0.0.1:5672 within 120 s"
 }
 
+# Installs the independent JOSE implementations that the interop tests
+# drive: Node's jose (tests/node, from the npm registry) and Python's
+# joserfc (tests/python/.venv, from PyPI). Both steps are idempotent.
+ensure_interop_tools() {
+    command -v node >/dev/null || apt_install nodejs npm || fail "Node.js is missing; install nodejs and npm"
+    if [[ ! -d tests/node/node_modules/jose ]]; then
+        log "installing Node's jose into tests/node"
+        (cd tests/node && npm install --no-audit --no-fund --loglevel=error) || fail "npm install in tests/node failed"
+    fi
+    if [[ ! -x tests/python/.venv/bin/python ]]; then
+        log "creating tests/python/.venv with joserfc"
+        python3 -m venv tests/python/.venv || fail "python3 -m venv failed; install python3-venv"
+    fi
+    if ! tests/python/.venv/bin/python -c "import joserfc" 2>/dev/null; then
+        tests/python/.venv/bin/pip install --quiet -r tests/python/requirements.txt || fail "pip install joserfc failed"
+    fi
+}
+
 ensure_nats
 ensure_rabbitmq
+ensure_interop_tools
 
 log "running the test suite (cargo test --all-features)"
 cargo test --all-features --all-targets
