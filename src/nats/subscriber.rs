@@ -1,0 +1,189 @@
+//! The verifying subscriber for core NATS.
+
+use async_nats::subject::ToSubject;
+use async_nats::{Client, Message, Subscriber};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
+use super::headers::{ORIGINAL_SUBJECT_HEADER, channel_binding, read_token};
+use crate::envelope::{Claims, Expected, Reason, Rejection, Verified, Verifier};
+
+/// A message whose token passed every check, with the sender's identity.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct VerifiedMessage {
+    /// The message as it arrived, headers included.
+    pub message: Message,
+    /// The verified token: claims, `kid` and the replay entry.
+    pub verified: Verified,
+}
+
+impl VerifiedMessage {
+    pub(crate) fn new(message: Message, verified: Verified) -> Self {
+        Self { message, verified }
+    }
+
+    /// The verified claims.
+    pub fn claims(&self) -> &Claims {
+        &self.verified.claims
+    }
+
+    /// The sending service (`iss`).
+    pub fn issuer(&self) -> &str {
+        &self.verified.claims.iss
+    }
+
+    /// The principal the sender acts for (`sub`), if any.
+    pub fn principal(&self) -> Option<&str> {
+        self.verified.claims.sub.as_deref()
+    }
+
+    /// The subject the message arrived on.
+    pub fn subject(&self) -> &str {
+        self.message.subject.as_str()
+    }
+
+    /// The payload, unchanged.
+    pub fn payload(&self) -> &Bytes {
+        &self.message.payload
+    }
+}
+
+/// Options of a [`VerifyingSubscriber`].
+#[derive(Debug)]
+#[must_use = "a subscriber is only created by subscribe() or queue_subscribe()"]
+pub struct SubscriberBuilder {
+    client: Client,
+    verifier: Verifier,
+    dead_letter: DeadLetter,
+}
+
+impl SubscriberBuilder {
+    /// Sets where rejected messages are copied. Default: a core publish to
+    /// `trustwire.dead_letter`.
+    pub fn dead_letter(mut self, dead_letter: DeadLetter) -> Self {
+        self.dead_letter = dead_letter;
+        self
+    }
+
+    /// Subscribes to `subject`.
+    pub async fn subscribe<S: ToSubject>(self, subject: S) -> Result<VerifyingSubscriber, async_nats::SubscribeError> {
+        let subscriber = self.client.subscribe(subject).await?;
+        Ok(self.finish(subscriber))
+    }
+
+    /// Subscribes to `subject` in queue group `group`: each message goes to
+    /// one member of the group.
+    pub async fn queue_subscribe<S: ToSubject>(
+        self,
+        subject: S,
+        group: impl Into<String>,
+    ) -> Result<VerifyingSubscriber, async_nats::SubscribeError> {
+        let subscriber = self.client.queue_subscribe(subject, group.into()).await?;
+        Ok(self.finish(subscriber))
+    }
+
+    fn finish(self, subscriber: Subscriber) -> VerifyingSubscriber {
+        tracing::info!(aud = %self.verifier.audience(), dead_letter = self.dead_letter.as_subject(), "verifying NATS subscriber started");
+        VerifyingSubscriber {
+            subscriber,
+            verifier: self.verifier,
+            sink: DeadLetterSink::new(self.client, self.dead_letter),
+        }
+    }
+}
+
+/// Yields only messages whose token verifies. Every other message is logged
+/// with its reason code, counted and copied to the dead-letter subject; it
+/// never reaches the caller.
+///
+/// ```no_run
+/// use trustwire::nats::{DeadLetter, VerifyingSubscriber};
+///
+/// # async fn run(client: async_nats::Client, verifier: trustwire::Verifier) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut subscriber = VerifyingSubscriber::builder(client, verifier)
+///     .dead_letter(DeadLetter::subject("payments.rejected"))
+///     .queue_subscribe("orders.>", "payments")
+///     .await?;
+/// while let Some(message) = subscriber.next().await {
+///     println!("{} from {}", message.subject(), message.issuer());
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct VerifyingSubscriber {
+    subscriber: Subscriber,
+    verifier: Verifier,
+    sink: DeadLetterSink,
+}
+
+impl VerifyingSubscriber {
+    /// Starts configuring a subscriber that verifies with `verifier`.
+    pub fn builder(client: Client, verifier: Verifier) -> SubscriberBuilder {
+        SubscriberBuilder {
+            client,
+            verifier,
+            dead_letter: DeadLetter::default(),
+        }
+    }
+
+    /// Waits for the next verified message. Returns `None` once the
+    /// subscription has ended (unsubscribed or the client was dropped).
+    pub async fn next(&mut self) -> Option<VerifiedMessage> {
+        loop {
+            let message = self.subscriber.next().await?;
+            match verify_arrived(&self.verifier, &message).await {
+                Ok(verified) => return Some(VerifiedMessage::new(message, verified)),
+                Err(rejection) => self.dead_letter(&message, &rejection).await,
+            }
+        }
+    }
+
+    /// Unsubscribes; [`next`](Self::next) then returns `None` once the
+    /// messages already received are consumed.
+    pub async fn unsubscribe(&mut self) -> Result<(), async_nats::UnsubscribeError> {
+        self.subscriber.unsubscribe().await
+    }
+
+    async fn dead_letter(&self, message: &Message, rejection: &Rejection) {
+        // A subscription that covers the dead-letter subject receives its own
+        // copies; copying them again would loop forever.
+        if message.subject.as_str() == self.sink.subject() {
+            tracing::debug!(reason = rejection.code(), subject = %message.subject, "rejected message on the dead-letter subject is not copied again");
+            return;
+        }
+        let origin = [(ORIGINAL_SUBJECT_HEADER, message.subject.to_string())];
+        self.sink.send(message, rejection, &origin).await;
+    }
+}
+
+/// Verifies a core NATS message against the subject it arrived on.
+async fn verify_arrived(verifier: &Verifier, message: &Message) -> Result<Verified, Rejection> {
+    let binding = match channel_binding(message.subject.as_str()) {
+        Ok(binding) => binding,
+        Err(err) => {
+            let rejection = Rejection::new(Reason::Malformed, err.to_string());
+            note_transport_rejection(&rejection, message.subject.as_str());
+            return Err(rejection);
+        }
+    };
+    verify_message(verifier, message, &Expected::message(binding, &message.payload)).await
+}
+
+/// Reads the token of `message` and verifies it against `expected`.
+pub(crate) async fn verify_message(
+    verifier: &Verifier,
+    message: &Message,
+    expected: &Expected<'_>,
+) -> Result<Verified, Rejection> {
+    let token = match read_token(message.headers.as_ref()) {
+        Ok(token) => token,
+        Err(rejection) => {
+            note_transport_rejection(&rejection, message.subject.as_str());
+            return Err(rejection);
+        }
+    };
+    verifier.verify(token, expected).await
+}

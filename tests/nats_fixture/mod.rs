@@ -1,0 +1,160 @@
+//! Shared helpers of the NATS integration tests: the server connection,
+//! services with keys, verifiers, unique names and a raw protocol client.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use async_nats::{Client, Message, Subscriber};
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use trustwire::envelope::VerifierBuilder;
+use trustwire::jwks::{JwkSet, KeySource, TrustStore};
+use trustwire::{ServiceId, Signer, SigningKey, Verifier};
+
+const START_HINT: &str = "start it with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+     -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log";
+
+/// The server URL: `NATS_URL`, default `nats://127.0.0.1:4222`.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// The `host:port` part of the server URL.
+pub fn nats_addr() -> String {
+    let url = nats_url();
+    let without_scheme = url.split("://").last().unwrap_or(&url).to_owned();
+    without_scheme.rsplit('@').next().unwrap_or(&without_scheme).to_owned()
+}
+
+/// Connects to the server, failing the test with what to start when it is
+/// not answering.
+pub async fn connect() -> Client {
+    connect_to(&nats_url()).await
+}
+
+/// Connects to `url` with a 5 s limit.
+pub async fn connect_to(url: &str) -> Client {
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(5),
+        async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(3))
+            .connect(url),
+    )
+    .await;
+    match attempt {
+        Ok(Ok(client)) => client,
+        Ok(Err(err)) => panic!("cannot connect to the NATS server at {url}: {err}; {START_HINT}"),
+        Err(_) => panic!("connecting to the NATS server at {url} timed out; {START_HINT}"),
+    }
+}
+
+/// A random lowercase hex suffix, so tests can run in parallel and rerun.
+pub fn suffix() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A service with a fresh key.
+pub struct Service {
+    pub id: ServiceId,
+    pub key_set: JwkSet,
+    pub signer: Signer,
+}
+
+pub fn service(name: &str) -> Service {
+    service_with(name, |builder| builder)
+}
+
+/// A service whose signer is configured by `configure`.
+pub fn service_with(
+    name: &str,
+    configure: impl FnOnce(trustwire::envelope::SignerBuilder) -> trustwire::envelope::SignerBuilder,
+) -> Service {
+    let id = ServiceId::new(name).unwrap();
+    let key = SigningKey::generate().unwrap();
+    let key_set = JwkSet::from_keys(vec![key.public_key().clone()]);
+    let signer = configure(Signer::builder(id.clone(), key)).build().unwrap();
+    Service { id, key_set, signer }
+}
+
+/// A trust store with each of `issuers`' keys.
+pub fn trust(issuers: &[&Service]) -> TrustStore {
+    issuers.iter().fold(TrustStore::new(), |store, issuer| {
+        store.trust(issuer.id.clone(), KeySource::inline(issuer.key_set.clone()))
+    })
+}
+
+/// A verifier for `audience` trusting `issuers`, with default options.
+pub fn verifier(audience: &str, issuers: &[&Service]) -> Verifier {
+    verifier_with(audience, issuers, |builder| builder)
+}
+
+/// A verifier for `audience` trusting `issuers`, configured by `configure`.
+pub fn verifier_with(
+    audience: &str,
+    issuers: &[&Service],
+    configure: impl FnOnce(VerifierBuilder) -> VerifierBuilder,
+) -> Verifier {
+    configure(Verifier::builder(ServiceId::new(audience).unwrap(), trust(issuers)))
+        .build()
+        .unwrap()
+}
+
+/// The next message of `subscriber` within `wait`, or `None`.
+pub async fn next_within(subscriber: &mut Subscriber, wait: Duration) -> Option<Message> {
+    tokio::time::timeout(wait, subscriber.next()).await.ok().flatten()
+}
+
+/// A header value of `message`, as a string.
+pub fn header(message: &Message, name: &str) -> Option<String> {
+    message
+        .headers
+        .as_ref()?
+        .get(name)
+        .map(|value| value.as_str().to_owned())
+}
+
+/// Publishes `headers` (a raw header block without the version line) and
+/// `payload` on `subject` over a bare TCP connection, bypassing async-nats'
+/// header checks, and waits until the server has processed it.
+pub async fn raw_hpub(subject: &str, header_lines: &[u8], payload: &[u8]) {
+    let stream = TcpStream::connect(nats_addr())
+        .await
+        .unwrap_or_else(|err| panic!("cannot reach the NATS server at {}: {err}; {START_HINT}", nats_addr()));
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+
+    let mut info = String::new();
+    read.read_line(&mut info).await.unwrap();
+    assert!(info.starts_with("INFO"), "unexpected greeting {info:?}");
+    write
+        .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n")
+        .await
+        .unwrap();
+
+    let mut block = b"NATS/1.0\r\n".to_vec();
+    block.extend_from_slice(header_lines);
+    block.extend_from_slice(b"\r\n");
+    let total = block.len() + payload.len();
+    let mut frame = format!("HPUB {subject} {} {total}\r\n", block.len()).into_bytes();
+    frame.extend_from_slice(&block);
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(b"\r\nPING\r\n");
+    write.write_all(&frame).await.unwrap();
+
+    let mut line = String::new();
+    loop {
+        line.clear();
+        read.read_line(&mut line).await.unwrap();
+        assert!(
+            !line.starts_with("-ERR"),
+            "the server rejected the raw publish: {line:?}"
+        );
+        if line.starts_with("PONG") {
+            break;
+        }
+    }
+}
