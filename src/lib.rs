@@ -49,6 +49,8 @@ pub mod replay;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "nats")]
 pub mod nats;
 

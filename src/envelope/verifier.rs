@@ -1,5 +1,6 @@
 //! Verifying tokens: the nine steps of the wire format, in order.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,6 +143,7 @@ pub struct VerifierBuilder {
     max_lifetime: Duration,
     max_token_bytes: usize,
     max_payload_bytes: usize,
+    issuers_without_digest: BTreeSet<ServiceId>,
     clock: Arc<dyn Clock>,
 }
 
@@ -192,6 +194,20 @@ impl VerifierBuilder {
         self
     }
 
+    /// Accepts tokens from `issuers` that have no `dig` claim although a
+    /// payload arrived. Default: no issuer; every token must bind the payload.
+    ///
+    /// This is for an edge gateway's forward-auth endpoint: it answers a
+    /// subrequest that carries no body, so the tokens it mints cannot bind
+    /// one. The body of such a request is then protected only by the token's
+    /// short lifetime, its `htm`/`htu` binding and the replay guard. A token
+    /// from these issuers that does have `dig` is still checked against the
+    /// payload, and tokens from every other issuer still need `dig`.
+    pub fn issuers_without_digest(mut self, issuers: impl IntoIterator<Item = ServiceId>) -> Self {
+        self.issuers_without_digest.extend(issuers);
+        self
+    }
+
     /// Sets the clock. Default: the system clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -233,6 +249,7 @@ impl VerifierBuilder {
                 max_lifetime: i64::try_from(self.max_lifetime.as_secs()).unwrap_or(MAX_NUMERIC_DATE),
                 max_token_bytes: self.max_token_bytes,
                 max_payload_bytes: self.max_payload_bytes,
+                issuers_without_digest: self.issuers_without_digest,
                 clock: self.clock,
                 warn_limiter: WarnLimiter::default(),
             }),
@@ -273,6 +290,7 @@ struct VerifierInner {
     max_lifetime: i64,
     max_token_bytes: usize,
     max_payload_bytes: usize,
+    issuers_without_digest: BTreeSet<ServiceId>,
     clock: Arc<dyn Clock>,
     warn_limiter: WarnLimiter,
 }
@@ -300,6 +318,7 @@ impl Verifier {
             max_lifetime: DEFAULT_MAX_LIFETIME,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            issuers_without_digest: BTreeSet::new(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -418,7 +437,10 @@ impl Verifier {
         self.check_claims(&claims, &owner, now).map_err(ids)?;
 
         // Step 7: binding to what arrived.
-        check_binding(&claims, expected).map_err(ids)?;
+        // `iss` was checked against the key's owner in step 6, so this set
+        // is matched against a verified issuer.
+        let digest_optional = inner.issuers_without_digest.contains(owner.as_str());
+        check_binding(&claims, expected, digest_optional).map_err(ids)?;
 
         // Step 8: policy.
         let token_binding = token_binding(&claims);
@@ -629,7 +651,8 @@ fn token_binding(claims: &Claims) -> Option<Binding> {
 }
 
 /// Step 7: the token's `chn` or `htm`/`htu` and `dig` must equal what arrived.
-fn check_binding(claims: &Claims, expected: &Expected<'_>) -> Result<(), Rejection> {
+/// `digest_optional` accepts a missing `dig` when a payload arrived.
+fn check_binding(claims: &Claims, expected: &Expected<'_>, digest_optional: bool) -> Result<(), Rejection> {
     match &expected.binding {
         Binding::Channel(channel) => {
             if claims.htm.is_some() || claims.htu.is_some() {
@@ -682,6 +705,9 @@ fn check_binding(claims: &Claims, expected: &Expected<'_>) -> Result<(), Rejecti
             if payload_digest(payload) != *dig {
                 return Err(Rejection::new(Reason::DigestMismatch, "dig does not match the payload"));
             }
+        }
+        (Some(_), None) if digest_optional => {
+            tracing::debug!(iss = %claims.iss, jti = %claims.jti, "accepted a token without dig from an issuer allowed to omit it");
         }
         (Some(_), None) => {
             return Err(Rejection::new(
