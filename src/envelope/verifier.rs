@@ -551,15 +551,19 @@ fn parse_token(token: &str) -> Result<Parsed<'_>, Rejection> {
             .map_err(|_| Rejection::new(Reason::Malformed, format!("{name} is not strict unpadded base64url")))
     };
     let header_bytes = decode(header_b64, "header")?;
-    let claims_bytes = decode(claims_b64, "claims")?;
-    let signature = decode(signature_b64, "signature")?;
-
     let header = parse_object(&header_bytes)
         .map_err(|err| Rejection::new(Reason::Malformed, format!("header is not a valid JSON object: {err}")))?;
+
+    // The header is checked before the claims are decoded: with `b64: false`
+    // (RFC 7797) the second segment is not base64url at all, and the reason
+    // to report is the header member, not the encoding it changes.
+    let (alg, kid) = check_header(&header)?;
+
+    let claims_bytes = decode(claims_b64, "claims")?;
+    let signature = decode(signature_b64, "signature")?;
     let claims = parse_object(&claims_bytes)
         .map_err(|err| Rejection::new(Reason::Malformed, format!("claims are not a valid JSON object: {err}")))?;
 
-    let (alg, kid) = check_header(&header)?;
     Ok(Parsed {
         signing_input: &token[..header_b64.len() + 1 + claims_b64.len()],
         alg,
