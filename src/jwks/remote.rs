@@ -69,6 +69,15 @@ impl Default for RemoteJwksConfig {
 /// Maximum wait between retries after repeated fetch failures.
 const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Stands in for longer durations, such as `Duration::MAX` for "keep stale
+/// keys forever", so that adding them to an `Instant` cannot overflow.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// Returns `instant + duration`, with `duration` capped at [`FAR_FUTURE`].
+fn later(instant: Instant, duration: Duration) -> Instant {
+    instant + duration.min(FAR_FUTURE)
+}
+
 /// Errors of a key source.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -145,9 +154,14 @@ struct Inner {
     fetch_gate: tokio::sync::Mutex<()>,
 }
 
+/// A lock of [`Inner::fetch_gate`], taken as a parameter to show that the caller has locked it.
+type GateGuard<'a> = tokio::sync::MutexGuard<'a, ()>;
+
 #[derive(Default)]
 struct State {
     keys: Option<Arc<JwkSet>>,
+    /// When the fetch that returned `keys` started.
+    keys_fetch_started: Option<Instant>,
     refresh_at: Option<Instant>,
     fresh_until: Option<Instant>,
     usable_until: Option<Instant>,
@@ -335,35 +349,40 @@ impl RemoteJwks {
 
     /// Refreshes because a token named a `kid` that is not cached.
     ///
-    /// Fetches at most once per `unknown_kid_cooldown`; within the cooldown
-    /// it waits for a fetch already in flight and returns the cached keys.
+    /// Fetches at most once per `unknown_kid_cooldown`, and not while the
+    /// retry wait after a failed fetch runs. Otherwise it waits for a fetch
+    /// in flight, if any, and returns the cached keys.
     pub async fn refresh_for_unknown_kid(&self) -> Result<Arc<JwkSet>, SourceError> {
+        self.refresh_for_unknown_kid_since(None).await
+    }
+
+    /// Does what [`Self::refresh_for_unknown_kid`] does, but also skips the
+    /// fetch when the cached keys come from a fetch that started at or after
+    /// `since`, because that fetch already saw the set as it is now.
+    pub(crate) async fn refresh_for_unknown_kid_since(
+        &self,
+        since: Option<Instant>,
+    ) -> Result<Arc<JwkSet>, SourceError> {
+        // Deciding under the gate makes every caller that finds the cooldown
+        // running wait until the fetch that started it has stored its keys.
+        let gate = self.inner.fetch_gate.lock().await;
         let now = Instant::now();
-        let seen = {
+        {
             let mut state = self.inner.lock_state();
             let cooling = state
                 .last_unknown_kid_refresh
                 .is_some_and(|at| now.duration_since(at) < self.inner.config.unknown_kid_cooldown);
-            if cooling {
-                None
-            } else {
-                state.last_unknown_kid_refresh = Some(now);
-                Some(state.attempts)
+            let backing_off = state.next_attempt.is_some_and(|at| now < at);
+            let fetched_since =
+                since.is_some_and(|since| state.keys_fetch_started.is_some_and(|started| started >= since));
+            if cooling || backing_off || fetched_since {
+                return state.usable_keys(now).ok_or_else(|| self.inner.unavailable(&state));
             }
-        };
-
-        match seen {
-            Some(seen) => {
-                tracing::debug!(url = %self.inner.url, "refreshing JWKS for an unknown kid");
-                self.inner.fetch_once(seen).await
-            }
-            None => {
-                // Wait for a fetch in flight, if any, so its keys are seen.
-                drop(self.inner.fetch_gate.lock().await);
-                let state = self.inner.lock_state();
-                state.usable_keys(Instant::now()).ok_or_else(|| self.inner.unavailable(&state))
-            }
+            state.last_unknown_kid_refresh = Some(now);
         }
+
+        tracing::debug!(url = %self.inner.url, "refreshing JWKS for an unknown kid");
+        self.inner.fetch_and_store(&gate).await
     }
 
     /// Fetches the set now, whatever the cache holds. The result is cached;
@@ -432,14 +451,21 @@ impl Inner {
     /// Fetches unless another fetch completed since the caller read
     /// `seen_attempts`, in which case that fetch's outcome is returned.
     async fn fetch_once(&self, seen_attempts: u64) -> Result<Arc<JwkSet>, SourceError> {
-        let _gate = self.fetch_gate.lock().await;
+        let gate = self.fetch_gate.lock().await;
         {
             let state = self.lock_state();
             if state.attempts != seen_attempts {
-                return state.usable_keys(Instant::now()).ok_or_else(|| self.unavailable(&state));
+                return state
+                    .usable_keys(Instant::now())
+                    .ok_or_else(|| self.unavailable(&state));
             }
         }
+        self.fetch_and_store(&gate).await
+    }
 
+    /// Fetches and records the outcome: new keys on success, the error and
+    /// the next retry time on failure, keeping any keys still usable.
+    async fn fetch_and_store(&self, _gate: &GateGuard<'_>) -> Result<Arc<JwkSet>, SourceError> {
         let started = Instant::now();
         let result = self.fetch().await;
         let now = Instant::now();
@@ -451,9 +477,10 @@ impl Inner {
                 let set = Arc::new(set);
                 log_key_changes(&self.url, state.keys.as_deref(), &set, ttl, now - started);
                 state.keys = Some(Arc::clone(&set));
-                state.refresh_at = Some(now + ttl * 3 / 4);
-                state.fresh_until = Some(now + ttl);
-                state.usable_until = Some(now + ttl + self.config.max_staleness);
+                state.keys_fetch_started = Some(started);
+                state.refresh_at = Some(later(now, ttl - ttl / 4));
+                state.fresh_until = Some(later(now, ttl));
+                state.usable_until = Some(later(now, ttl.saturating_add(self.config.max_staleness)));
                 state.failures = 0;
                 state.last_error = None;
                 state.next_attempt = None;
@@ -463,8 +490,12 @@ impl Inner {
             Err(err) => {
                 state.failures = state.failures.saturating_add(1);
                 let shift = state.failures.saturating_sub(1).min(16);
-                let wait = self.config.retry_interval.saturating_mul(1 << shift).min(MAX_RETRY_INTERVAL.max(self.config.retry_interval));
-                state.next_attempt = Some(now + wait);
+                let wait = self
+                    .config
+                    .retry_interval
+                    .saturating_mul(1 << shift)
+                    .min(MAX_RETRY_INTERVAL.max(self.config.retry_interval));
+                state.next_attempt = Some(later(now, wait));
                 state.last_error = Some(err.to_string());
                 let keeps_keys = state.usable_keys(now).is_some();
                 tracing::warn!(url = %self.url, error = %err, failures = state.failures, retry_in_ms = wait.as_millis() as u64, keeps_cached_keys = keeps_keys, "JWKS fetch failed");
@@ -515,7 +546,10 @@ impl Inner {
 
         match tokio::time::timeout(self.config.fetch_timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(fail(format!("timed out after {} ms", self.config.fetch_timeout.as_millis()))),
+            Err(_) => Err(fail(format!(
+                "timed out after {} ms",
+                self.config.fetch_timeout.as_millis()
+            ))),
         }
     }
 
@@ -568,7 +602,9 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 fn log_key_changes(url: &Url, old: Option<&JwkSet>, new: &JwkSet, ttl: Duration, took: Duration) {
-    let old_kids: Vec<&str> = old.map(|set| set.keys().iter().map(|key| key.kid()).collect()).unwrap_or_default();
+    let old_kids: Vec<&str> = old
+        .map(|set| set.keys().iter().map(|key| key.kid()).collect())
+        .unwrap_or_default();
     let new_kids: Vec<&str> = new.keys().iter().map(|key| key.kid()).collect();
     if old_kids == new_kids {
         tracing::debug!(url = %url, keys = new_kids.len(), ttl_s = ttl.as_secs(), took_ms = took.as_millis() as u64, "fetched JWKS");
@@ -579,7 +615,9 @@ fn log_key_changes(url: &Url, old: Option<&JwkSet>, new: &JwkSet, ttl: Duration,
 
 impl fmt::Debug for RemoteJwks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteJwks").field("url", &self.inner.url.as_str()).finish()
+        f.debug_struct("RemoteJwks")
+            .field("url", &self.inner.url.as_str())
+            .finish()
     }
 }
 
@@ -606,7 +644,15 @@ mod tests {
             RemoteJwks::builder("http://orders.internal/jwks").build(),
             Err(SourceError::PlainHttp { .. })
         ));
-        assert!(RemoteJwks::builder("http://orders.internal/jwks").insecure_allow_http().build().is_ok());
-        assert!(matches!(RemoteJwks::builder("ftp://x/jwks").build(), Err(SourceError::InvalidUrl { .. })));
+        assert!(
+            RemoteJwks::builder("http://orders.internal/jwks")
+                .insecure_allow_http()
+                .build()
+                .is_ok()
+        );
+        assert!(matches!(
+            RemoteJwks::builder("ftp://x/jwks").build(),
+            Err(SourceError::InvalidUrl { .. })
+        ));
     }
 }

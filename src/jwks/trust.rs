@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use super::{JwkSet, RemoteJwks, SourceError};
 use crate::envelope::{Reason, Rejection};
 use crate::identity::ServiceId;
@@ -55,9 +57,11 @@ impl KeySource {
         }
     }
 
-    async fn refresh_for_unknown_kid(&self) -> Result<Arc<JwkSet>, SourceError> {
+    /// Refreshes for a `kid` that was not cached when the lookup started at
+    /// `lookup_started`. A fetch that started since then is not repeated.
+    async fn refresh_for_unknown_kid(&self, lookup_started: Instant) -> Result<Arc<JwkSet>, SourceError> {
         match self {
-            Self::Remote(remote) => remote.refresh_for_unknown_kid().await,
+            Self::Remote(remote) => remote.refresh_for_unknown_kid_since(Some(lookup_started)).await,
             Self::Static(set) => Ok(Arc::clone(set)),
         }
     }
@@ -147,10 +151,16 @@ impl TrustStore {
     ///
     /// Looks in the claimed issuer's source first (fetching it if nothing
     /// usable is cached), then in the cached keys of the other issuers, and
-    /// finally refreshes the claimed issuer's source once, subject to its
-    /// unknown-`kid` cooldown. `claimed_iss` is unverified and used only to
-    /// choose which source to look in and refresh.
-    pub(crate) async fn find_key(&self, kid: &str, claimed_iss: Option<&str>) -> Result<(ServiceId, PublicKey), Rejection> {
+    /// finally refreshes the claimed issuer's source once. That refresh is
+    /// skipped within the source's unknown-`kid` cooldown or retry wait, and
+    /// when the first lookup already fetched the set. `claimed_iss` is
+    /// unverified and used only to choose which source to look in and refresh.
+    pub(crate) async fn find_key(
+        &self,
+        kid: &str,
+        claimed_iss: Option<&str>,
+    ) -> Result<(ServiceId, PublicKey), Rejection> {
+        let lookup_started = Instant::now();
         let claimed = claimed_iss.and_then(|iss| self.issuers.get_key_value(iss));
 
         let mut claimed_error = None;
@@ -172,7 +182,7 @@ impl TrustStore {
         }
 
         if let Some((issuer, source)) = claimed {
-            match source.refresh_for_unknown_kid().await {
+            match source.refresh_for_unknown_kid(lookup_started).await {
                 Ok(set) => {
                     if let Some(key) = set.find(kid) {
                         return Ok((issuer.clone(), key.clone()));
@@ -185,7 +195,10 @@ impl TrustStore {
 
         match claimed_error {
             Some(err) => Err(Rejection::new(Reason::KeySourceUnavailable, err.to_string())),
-            None => Err(Rejection::new(Reason::UnknownKey, format!("no trusted issuer has a key with kid {kid:?}"))),
+            None => Err(Rejection::new(
+                Reason::UnknownKey,
+                format!("no trusted issuer has a key with kid {kid:?}"),
+            )),
         }
     }
 }
