@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -54,7 +54,17 @@ pub enum KvReplayGuardError {
         bucket: String,
         /// The cause.
         #[source]
-        source: jetstream::context::CreateKeyValueError,
+        source: jetstream::context::CreateStreamError,
+    },
+
+    /// The bucket was created but cannot be opened.
+    #[error("cannot open the replay bucket {bucket:?}")]
+    Open {
+        /// The bucket name.
+        bucket: String,
+        /// The cause.
+        #[source]
+        source: jetstream::context::KeyValueError,
     },
 
     /// The bucket exists, but its status could not be read.
@@ -117,7 +127,7 @@ struct Record {
 
 impl KvReplayGuard {
     /// Opens bucket `bucket`, creating it with `max_age` (one revision per
-    /// key, file storage) if it does not exist. An existing bucket must keep
+    /// key, file storage, one replica) if it does not exist. An existing bucket must keep
     /// entries at least `max_age`; size it with [`recommended_max_age`] for
     /// the verifiers that share it. The default for the default verifier
     /// options is 660 s.
@@ -129,23 +139,11 @@ impl KvReplayGuard {
         let store = match context.get_key_value(bucket).await {
             Ok(store) => store,
             Err(_) => {
-                let config = kv::Config {
+                create_bucket(context, bucket, max_age).await?;
+                context.get_key_value(bucket).await.map_err(|source| KvReplayGuardError::Open {
                     bucket: bucket.to_owned(),
-                    description: "trustwire: accepted token ids (iss, jti)".to_owned(),
-                    history: 1,
-                    max_age,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                };
-                // Another instance may create it between the lookup and here;
-                // an identical configuration is accepted by the server then.
-                context
-                    .create_key_value(config)
-                    .await
-                    .map_err(|source| KvReplayGuardError::Create {
-                        bucket: bucket.to_owned(),
-                        source,
-                    })?
+                    source,
+                })?
             }
         };
 
@@ -252,6 +250,35 @@ impl KvReplayGuard {
             .await
             .map_err(|err| ReplayGuardError(format!("deleting the replay entry failed: {err}")))
     }
+}
+
+/// Creates the stream behind bucket `bucket`, or finds the one another
+/// instance created first, with the settings async-nats gives a KV bucket.
+///
+/// NOTE: async-nats 0.52's `create_key_value` first reads the account info,
+/// and its parser requires `reserved_memory` and `reserved_storage`, which
+/// nats-server 2.9 does not send; creating the stream directly avoids that.
+async fn create_bucket(context: &jetstream::Context, bucket: &str, max_age: Duration) -> Result<(), KvReplayGuardError> {
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("trustwire: accepted token ids (iss, jti)".to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    context.get_or_create_stream(config).await.map_err(|source| KvReplayGuardError::Create {
+        bucket: bucket.to_owned(),
+        source,
+    })?;
+    tracing::info!(bucket, max_age_s = max_age.as_secs(), "created the JetStream KV replay bucket");
+    Ok(())
 }
 
 impl ReplayGuard for KvReplayGuard {
