@@ -9,9 +9,9 @@ impl RequestSigner {
     /// Signs a built `reqwest` request in place, replacing any token header
     /// it already has.
     ///
-    /// The body must be bytes (set with `.body(..)`, `.json(..)` or
-    /// `.form(..)`); a streaming body fails with
-    /// [`SignRequestError::StreamingBody`].
+    /// The body must be bytes, as `.body(..)` with bytes or a string sets
+    /// it (and `.json(..)` or `.form(..)` where those reqwest features are
+    /// on); a streaming body fails with [`SignRequestError::StreamingBody`].
     pub fn sign_reqwest(&self, request: &mut Request) -> Result<(), SignRequestError> {
         let binding = url_binding(request.method(), request.url())?;
         let body = match request.body() {
