@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::{Client, Message, Subscriber};
@@ -17,12 +19,12 @@ const START_HINT: &str = "start it with: start-stop-daemon --start --oknodo --ba
      -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log";
 
 /// The server URL: `NATS_URL`, default `nats://127.0.0.1:4222`.
-pub fn nats_url() -> String {
+pub(crate) fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
 /// The `host:port` part of the server URL.
-pub fn nats_addr() -> String {
+pub(crate) fn nats_addr() -> String {
     let url = nats_url();
     let without_scheme = url.split("://").last().unwrap_or(&url).to_owned();
     without_scheme.rsplit('@').next().unwrap_or(&without_scheme).to_owned()
@@ -30,17 +32,35 @@ pub fn nats_addr() -> String {
 
 /// Connects to the server, failing the test with what to start when it is
 /// not answering.
-pub async fn connect() -> Client {
+pub(crate) async fn connect() -> Client {
     connect_to(&nats_url()).await
 }
 
 /// Connects to `url` with a 5 s limit.
-pub async fn connect_to(url: &str) -> Client {
+pub(crate) async fn connect_to(url: &str) -> Client {
+    connect_with(url, async_nats::ConnectOptions::new()).await
+}
+
+/// Connects to `url` and counts the connections made, the first one and each
+/// reconnect, so a test can wait for a reconnect it caused.
+pub(crate) async fn connect_counting(url: &str) -> (Client, Arc<AtomicUsize>) {
+    let connects = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&connects);
+    let options = async_nats::ConnectOptions::new().event_callback(move |event| {
+        let counter = Arc::clone(&counter);
+        async move {
+            if matches!(event, async_nats::Event::Connected) {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (connect_with(url, options).await, connects)
+}
+
+async fn connect_with(url: &str, options: async_nats::ConnectOptions) -> Client {
     let attempt = tokio::time::timeout(
         Duration::from_secs(5),
-        async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(3))
-            .connect(url),
+        options.connection_timeout(Duration::from_secs(3)).connect(url),
     )
     .await;
     match attempt {
@@ -51,25 +71,25 @@ pub async fn connect_to(url: &str) -> Client {
 }
 
 /// A random lowercase hex suffix, so tests can run in parallel and rerun.
-pub fn suffix() -> String {
+pub(crate) fn suffix() -> String {
     let mut bytes = [0u8; 6];
     getrandom::fill(&mut bytes).unwrap();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A service with a fresh key.
-pub struct Service {
-    pub id: ServiceId,
-    pub key_set: JwkSet,
-    pub signer: Signer,
+pub(crate) struct Service {
+    pub(crate) id: ServiceId,
+    pub(crate) key_set: JwkSet,
+    pub(crate) signer: Signer,
 }
 
-pub fn service(name: &str) -> Service {
+pub(crate) fn service(name: &str) -> Service {
     service_with(name, |builder| builder)
 }
 
 /// A service whose signer is configured by `configure`.
-pub fn service_with(
+pub(crate) fn service_with(
     name: &str,
     configure: impl FnOnce(trustwire::envelope::SignerBuilder) -> trustwire::envelope::SignerBuilder,
 ) -> Service {
@@ -81,19 +101,19 @@ pub fn service_with(
 }
 
 /// A trust store with each of `issuers`' keys.
-pub fn trust(issuers: &[&Service]) -> TrustStore {
+pub(crate) fn trust(issuers: &[&Service]) -> TrustStore {
     issuers.iter().fold(TrustStore::new(), |store, issuer| {
         store.trust(issuer.id.clone(), KeySource::inline(issuer.key_set.clone()))
     })
 }
 
 /// A verifier for `audience` trusting `issuers`, with default options.
-pub fn verifier(audience: &str, issuers: &[&Service]) -> Verifier {
+pub(crate) fn verifier(audience: &str, issuers: &[&Service]) -> Verifier {
     verifier_with(audience, issuers, |builder| builder)
 }
 
 /// A verifier for `audience` trusting `issuers`, configured by `configure`.
-pub fn verifier_with(
+pub(crate) fn verifier_with(
     audience: &str,
     issuers: &[&Service],
     configure: impl FnOnce(VerifierBuilder) -> VerifierBuilder,
@@ -104,12 +124,12 @@ pub fn verifier_with(
 }
 
 /// The next message of `subscriber` within `wait`, or `None`.
-pub async fn next_within(subscriber: &mut Subscriber, wait: Duration) -> Option<Message> {
+pub(crate) async fn next_within(subscriber: &mut Subscriber, wait: Duration) -> Option<Message> {
     tokio::time::timeout(wait, subscriber.next()).await.ok().flatten()
 }
 
 /// A header value of `message`, as a string.
-pub fn header(message: &Message, name: &str) -> Option<String> {
+pub(crate) fn header(message: &Message, name: &str) -> Option<String> {
     message
         .headers
         .as_ref()?
@@ -120,7 +140,7 @@ pub fn header(message: &Message, name: &str) -> Option<String> {
 /// Publishes `headers` (a raw header block without the version line) and
 /// `payload` on `subject` over a bare TCP connection, bypassing async-nats'
 /// header checks, and waits until the server has processed it.
-pub async fn raw_hpub(subject: &str, header_lines: &[u8], payload: &[u8]) {
+pub(crate) async fn raw_hpub(subject: &str, header_lines: &[u8], payload: &[u8]) {
     let stream = TcpStream::connect(nats_addr())
         .await
         .unwrap_or_else(|err| panic!("cannot reach the NATS server at {}: {err}; {START_HINT}", nats_addr()));
