@@ -117,7 +117,12 @@ impl PublicKey {
         }
     }
 
-    /// The public JWK of this key, with `kid`, `use: sig` and `alg`.
+    /// The public JWK of this key, with `kid`, `use: sig` and, when known, `alg`.
+    ///
+    /// An Ed25519 key carries `alg` only when the JWK it was parsed from
+    /// named one. Its tokens may say `EdDSA` or `Ed25519`, and verifiers such
+    /// as Node's jose and Python's joserfc skip a key whose `alg` is not the
+    /// token's, so naming one would reject the other.
     pub fn to_jwk(&self) -> Value {
         let mut jwk = Map::new();
         match &self.material {
@@ -125,7 +130,9 @@ impl PublicKey {
                 jwk.insert("kty".into(), "OKP".into());
                 jwk.insert("crv".into(), "Ed25519".into());
                 jwk.insert("x".into(), crate::encoding::b64_encode(key.as_bytes()).into());
-                jwk.insert("alg".into(), self.pinned_alg.unwrap_or(Algorithm::EdDsa).name().into());
+                if let Some(alg) = self.pinned_alg {
+                    jwk.insert("alg".into(), alg.name().into());
+                }
             }
             Material::P256(key) => {
                 let point = key.to_encoded_point(false);
