@@ -177,6 +177,7 @@ struct Deployment {
     nginx: Nginx,
 }
 
+/// nginx, the gateway served by the library in this process, and the upstream.
 async fn deploy() -> Deployment {
     let edge_key = SigningKey::generate().unwrap();
     let edge_keys = JwkSet::from_keys(vec![edge_key.public_key().clone()]);
@@ -192,6 +193,12 @@ async fn deploy() -> Deployment {
     let gateway_router = gateway.router();
     tokio::spawn(async move { axum::serve(gateway_listener, gateway_router).await.unwrap() });
 
+    deploy_behind(gateway_address, edge_keys).await
+}
+
+/// nginx and the upstream, for a gateway already listening on `gateway_address`
+/// and signing with `edge_keys`.
+async fn deploy_behind(gateway_address: SocketAddr, edge_keys: JwkSet) -> Deployment {
     let trust = TrustStore::new().trust(id("edge"), KeySource::inline(edge_keys));
     let verifier = Verifier::builder(id("orders"), trust)
         .issuers_without_digest([id("edge")])
@@ -199,7 +206,7 @@ async fn deploy() -> Deployment {
         .unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let upstream_router = Router::new()
-        .route("/orders/{id}", post(echo).get(echo))
+        .route("/orders/{id}", post(echo).get(echo).put(echo))
         .route("/reports", get(echo))
         .layer(VerifyLayer::new(verifier))
         .with_state(Arc::clone(&hits));
@@ -351,4 +358,91 @@ async fn nginx_gateway_forwards_each_route() {
         .unwrap();
     assert_eq!(unrouted.status(), StatusCode::FORBIDDEN);
     assert_eq!(deployment.hits.load(Ordering::SeqCst), 3);
+}
+
+/// A `trustwire gateway` child process, killed when dropped.
+struct GatewayProcess(Child);
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn trustwire(args: &[&str], dir: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_trustwire"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "trustwire {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_with_cli_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = trustwire::KeyDir::create(&dir.path().join("edge"), id("edge")).unwrap();
+    let api_key = trustwire(&["gateway", "new-key", "--consumer", "acme", "--keys", "api-keys.toml"], dir.path());
+    let api_key = api_key.trim();
+    let gateway_port = free_port();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!(
+            "key_dir = \"edge\"\nlisten = \"127.0.0.1:{gateway_port}\"\napi_keys = \"api-keys.toml\"\n\n\
+             [[route]]\nprefix = \"/orders\"\nupstream = \"orders\"\n"
+        ),
+    )
+    .unwrap();
+
+    let child = Command::new(env!("CARGO_BIN_EXE_trustwire"))
+        .args(["gateway", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _gateway = GatewayProcess(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", gateway_port)).is_err() {
+        assert!(Instant::now() < deadline, "trustwire gateway did not listen on port {gateway_port} within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let gateway_address = SocketAddr::from(([127, 0, 0, 1], gateway_port));
+    let deployment = deploy_behind(gateway_address, keys.jwks()).await;
+    let client = reqwest::Client::new();
+
+    let accepted = client
+        .put(format!("{}/orders/9", deployment.edge))
+        .header("x-api-key", api_key)
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted.status(),
+        StatusCode::OK,
+        "nginx error log:\n{}",
+        deployment.nginx.error_log()
+    );
+    let echoed: Value = serde_json::from_str(&accepted.text().await.unwrap()).unwrap();
+    assert_eq!(echoed["sub"], "acme");
+    assert_eq!(echoed["body"], "payload");
+
+    let refused = client
+        .put(format!("{}/orders/9", deployment.edge))
+        .header("x-api-key", "twk_wrong-key")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(reason_code(&refused), "invalid_api_key");
+    assert_eq!(deployment.hits.load(Ordering::SeqCst), 1);
 }

@@ -2,6 +2,8 @@
 //! signs, verifies and inspects tokens.
 
 mod error;
+#[cfg(feature = "http")]
+mod gateway;
 mod input;
 mod inspect;
 mod jwks;
@@ -55,6 +57,10 @@ enum Command {
 
     /// Decode a token's header and claims WITHOUT verifying them
     Inspect(inspect::InspectArgs),
+
+    /// Serve the forward-auth endpoint for nginx, Traefik and Kong (feature `http`)
+    #[cfg(feature = "http")]
+    Gateway(gateway::GatewayArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +68,8 @@ fn main() -> ExitCode {
 
     let default_filter = match cli.command {
         Command::Jwks(_) => SERVER_LOG_FILTER,
+        #[cfg(feature = "http")]
+        Command::Gateway(_) => SERVER_LOG_FILTER,
         _ => QUIET_LOG_FILTER,
     };
     init_logging(default_filter);
@@ -72,6 +80,8 @@ fn main() -> ExitCode {
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Inspect(args) => inspect::run(args),
+        #[cfg(feature = "http")]
+        Command::Gateway(args) => gateway::run(args),
     };
     match result {
         Ok(code) => code,
