@@ -99,9 +99,25 @@ ensure_interop_tools() {
     fi
 }
 
+# The gateway end-to-end test starts its own nginx (with auth_request) on
+# loopback; it only needs the binary installed.
+ensure_nginx() {
+    if [[ -n ${NGINX:-} ]]; then
+        log "NGINX is set to $NGINX; using that binary"
+        return 0
+    fi
+    if [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null; then
+        log "nginx is installed"
+        return 0
+    fi
+    apt_install nginx-light || apt_install nginx ||
+        fail "nginx is missing and could not be installed from Debian's packages (that needs root); install it (apt-get install nginx-light, or nginx) or set NGINX to its path"
+}
+
 ensure_nats
 ensure_rabbitmq
 ensure_interop_tools
+ensure_nginx
 
 log "running the test suite (cargo test --all-features)"
 cargo test --all-features --all-targets
