@@ -46,6 +46,7 @@ pub mod jwks;
 pub mod keys;
 pub mod policy;
 pub mod replay;
+pub mod seal;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;

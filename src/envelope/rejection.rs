@@ -10,18 +10,23 @@ use std::fmt;
 #[non_exhaustive]
 pub enum Reason {
     /// Not a well-formed token: bad base64url, bad or duplicate-member JSON,
-    /// a claim of the wrong type, a missing `kid`.
+    /// a claim of the wrong type, a missing `kid`. For a sealed message, also
+    /// a JWE of the wrong shape, such as an `encrypted_key` that is not 40
+    /// bytes or an `iv` that is not 12.
     Malformed,
-    /// The token or the payload is larger than the verifier's limit.
+    /// The token, the payload or a sealed message (its size, header or
+    /// number of recipients) is larger than the limit.
     TooLarge,
     /// The `typ` header is not `trustwire+jwt`, or a JWE arrived where a JWS
-    /// was expected.
+    /// was expected (or, for a sealed message, the reverse).
     WrongType,
     /// The `alg` is absent, unknown (`none`, `HS256`, ...) or not allowed for
-    /// the key the token names.
+    /// the key the token names. For a sealed message: any key management
+    /// `alg` but `ECDH-ES+A256KW` (`dir`, `PBES2-*`, `RSA1_5`, ...).
     UnsupportedAlg,
     /// The header carries a member that is never accepted (`crit`, `b64`,
-    /// `jku`, `jwk`, `x5u`, `x5c`, `zip`, `enc`).
+    /// `jku`, `jwk`, `x5u`, `x5c`, `zip`, `enc`; in a sealed message `zip`,
+    /// `crit`, `jku`, `jwk`, `x5u`, `x5c`, `p2s`, `p2c` and the `aad` member).
     UnsupportedHeader,
     /// No trusted issuer has a key with the token's `kid`.
     UnknownKey,
@@ -51,11 +56,30 @@ pub enum Reason {
     Replayed,
     /// The replay guard could not record the `jti` (store unreachable or full).
     ReplayGuardUnavailable,
+    /// A sealed message's JWE names a content encryption (`enc`) other than
+    /// `A256GCM`.
+    UnsupportedEnc,
+    /// No recipient entry of a sealed message names one of this service's
+    /// encryption keys by `kid`.
+    NotARecipient,
+    /// A sealed message's ephemeral public key (`epk`) is missing, on another
+    /// curve than the recipient key, not a point on its curve, or a
+    /// small-order X25519 point.
+    InvalidEpk,
+    /// A sealed message did not decrypt: the content key did not unwrap or
+    /// the AES-GCM tag did not verify. Both give this one code, so a sender
+    /// cannot tell which step failed.
+    DecryptionFailed,
+    /// A sealed message's JWE protected header lacks `iss` or `jti`, or they
+    /// differ from the signed token's: another service re-signed someone
+    /// else's ciphertext.
+    SealMismatch,
 }
 
 impl Reason {
-    /// Every reason, in the order of the verification steps.
-    pub const ALL: [Reason; 19] = [
+    /// Every reason, in the order of the verification steps, then the
+    /// steps that open a sealed message.
+    pub const ALL: [Reason; 24] = [
         Reason::TooLarge,
         Reason::Malformed,
         Reason::WrongType,
@@ -75,6 +99,11 @@ impl Reason {
         Reason::NotAllowed,
         Reason::Replayed,
         Reason::ReplayGuardUnavailable,
+        Reason::UnsupportedEnc,
+        Reason::NotARecipient,
+        Reason::InvalidEpk,
+        Reason::DecryptionFailed,
+        Reason::SealMismatch,
     ];
 
     /// The stable code, such as `bad_signature`.
@@ -99,6 +128,11 @@ impl Reason {
             Reason::NotAllowed => "not_allowed",
             Reason::Replayed => "replayed",
             Reason::ReplayGuardUnavailable => "replay_guard_unavailable",
+            Reason::UnsupportedEnc => "unsupported_enc",
+            Reason::NotARecipient => "not_a_recipient",
+            Reason::InvalidEpk => "invalid_epk",
+            Reason::DecryptionFailed => "decryption_failed",
+            Reason::SealMismatch => "seal_mismatch",
         }
     }
 

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::TOKEN_TYP;
 use super::binding::{Binding, payload_digest};
+use super::claims::MAX_JTI_LEN;
 use crate::clock::{Clock, SystemClock};
 use crate::encoding::b64_encode;
 use crate::identity::{Audience, ServiceId};
@@ -39,6 +40,10 @@ pub enum SignError {
     /// The claims could not be serialised.
     #[error("cannot encode the claims: {0}")]
     Encoding(String),
+
+    /// The `jti` given to [`TokenBuilder::jti`] is empty or too long.
+    #[error("invalid jti: it must be 1 to 256 bytes")]
+    InvalidJti,
 }
 
 /// Signs tokens for one service with its active key.
@@ -181,8 +186,16 @@ impl Signer {
             payload: None,
             subject: None,
             ttl: None,
+            jti: None,
         }
     }
+}
+
+/// Draws a fresh `jti`: 128 random bits, base64url (22 characters).
+pub(crate) fn random_jti() -> Result<String, SignError> {
+    let mut jti = [0u8; 16];
+    getrandom::fill(&mut jti).map_err(|err| SignError::Random(err.to_string()))?;
+    Ok(b64_encode(&jti))
 }
 
 /// One token being built; finish with [`TokenBuilder::sign`].
@@ -195,6 +208,7 @@ pub struct TokenBuilder<'a> {
     payload: Option<&'a [u8]>,
     subject: Option<&'a str>,
     ttl: Option<Duration>,
+    jti: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -241,6 +255,16 @@ impl<'a> TokenBuilder<'a> {
         self
     }
 
+    /// Sets the `jti` instead of drawing a fresh random one, for a caller
+    /// that must know it before signing (sealing writes it into the JWE
+    /// header that `dig` covers). The caller keeps it unique: verifiers
+    /// reject a repeated `jti` as `replayed`. Use 128 random bits, as the
+    /// default does. It must be 1 to 256 bytes.
+    pub fn jti(mut self, jti: &'a str) -> Self {
+        self.jti = Some(jti);
+        self
+    }
+
     /// Signs and returns the compact JWS.
     pub fn sign(self) -> Result<String, SignError> {
         let inner = &self.signer.inner;
@@ -252,9 +276,11 @@ impl<'a> TokenBuilder<'a> {
             }
         }
 
-        let mut jti = [0u8; 16];
-        getrandom::fill(&mut jti).map_err(|err| SignError::Random(err.to_string()))?;
-        let jti = b64_encode(&jti);
+        let jti = match self.jti {
+            Some(jti) if jti.is_empty() || jti.len() > MAX_JTI_LEN => return Err(SignError::InvalidJti),
+            Some(jti) => jti.to_owned(),
+            None => random_jti()?,
+        };
 
         let iat = inner.clock.now();
         let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);

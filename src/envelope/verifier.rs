@@ -97,6 +97,11 @@ impl<'a> Expected<'a> {
     pub fn binding(&self) -> &Binding {
         &self.binding
     }
+
+    /// The payload that arrived, if any.
+    pub fn payload(&self) -> Option<&'a [u8]> {
+        self.payload
+    }
 }
 
 /// A token that passed every check.

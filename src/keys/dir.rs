@@ -3,10 +3,13 @@
 //! Layout:
 //!
 //! ```text
-//! DIR/keys.json     manifest: service id and each key's kid, state and times
-//! DIR/<kid>.jwk     private JWK, mode 0600
-//! DIR/jwks.json     public JWK Set served to verifiers
+//! DIR/keys.json     manifest: service id and each key's kid, use, state and times
+//! DIR/<kid>.jwk     private JWK (signing or encryption), mode 0600
+//! DIR/jwks.json     public JWK Set served to verifiers and senders
 //! ```
+//!
+//! A manifest entry without `use` is a signing key, so directories created
+//! before encryption keys existed still open.
 
 use std::fs;
 use std::io::Write;
@@ -16,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{KeyError, SigningKey};
+use super::{EncryptionKey, KeyError, SigningKey};
 use crate::identity::ServiceId;
 use crate::jwks::JwkSet;
 
@@ -36,15 +39,35 @@ pub enum KeyState {
     Retired,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What a key is for: the JWK `use` member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum KeyUse {
+    /// Signs tokens.
+    #[default]
+    Sig,
+    /// Receives sealed messages (key agreement).
+    Enc,
+}
+
+impl KeyUse {
+    fn is_sig(&self) -> bool {
+        *self == KeyUse::Sig
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
     service: ServiceId,
     keys: Vec<ManifestEntry>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ManifestEntry {
     kid: String,
+    /// Absent (signing) in manifests written before encryption keys existed.
+    #[serde(rename = "use", default, skip_serializing_if = "KeyUse::is_sig")]
+    key_use: KeyUse,
     state: KeyState,
     /// Unix time in seconds.
     created_at: u64,
@@ -54,14 +77,19 @@ struct ManifestEntry {
 #[derive(Debug)]
 pub struct KeyDir {
     path: PathBuf,
-    service: ServiceId,
+    manifest: Manifest,
     active: SigningKey,
     published: Vec<SigningKey>,
+    /// Encryption keys, the active one first; empty for a directory created
+    /// before encryption keys existed.
+    encryption: Vec<EncryptionKey>,
 }
 
 impl KeyDir {
-    /// Creates a key directory for `service` with one new active Ed25519 key,
-    /// and writes the private key (mode 0600), the manifest and `jwks.json`.
+    /// Creates a key directory for `service` with one new active Ed25519
+    /// signing key and one new active X25519 encryption key
+    /// (`use: enc`, `alg: ECDH-ES+A256KW`), and writes the private keys
+    /// (mode 0600), the manifest and `jwks.json`, which publishes both.
     ///
     /// Fails if `dir` already holds a key directory, so keys are never
     /// overwritten by accident.
@@ -83,31 +111,49 @@ impl KeyDir {
         }
 
         let key = SigningKey::generate()?;
-        let key_path = dir.join(format!("{}.jwk", key.kid()));
-        write_file(&key_path, key.to_private_jwk().as_bytes(), 0o600)?;
+        let encryption_key = EncryptionKey::generate()?;
+        write_file(&key_path(dir, key.kid()), key.to_private_jwk().as_bytes(), 0o600)?;
+        write_file(
+            &key_path(dir, encryption_key.kid()),
+            encryption_key.to_private_jwk().as_bytes(),
+            0o600,
+        )?;
 
+        let created_at = unix_now();
         let manifest = Manifest {
-            service: service.clone(),
-            keys: vec![ManifestEntry {
-                kid: key.kid().to_owned(),
-                state: KeyState::Active,
-                created_at: unix_now(),
-            }],
+            service,
+            keys: vec![
+                ManifestEntry {
+                    kid: key.kid().to_owned(),
+                    key_use: KeyUse::Sig,
+                    state: KeyState::Active,
+                    created_at,
+                },
+                ManifestEntry {
+                    kid: encryption_key.kid().to_owned(),
+                    key_use: KeyUse::Enc,
+                    state: KeyState::Active,
+                    created_at,
+                },
+            ],
         };
-        let manifest_text = serde_json::to_vec_pretty(&manifest).map_err(|err| KeyError::InvalidKeyDir {
-            path: dir.to_owned(),
-            reason: err.to_string(),
-        })?;
-        write_file(&dir.join(MANIFEST), &manifest_text, 0o644)?;
 
         let key_dir = Self {
             path: dir.to_owned(),
-            service,
+            manifest,
             published: Vec::new(),
             active: key,
+            encryption: vec![encryption_key],
         };
+        key_dir.write_manifest()?;
         key_dir.write_jwks()?;
-        tracing::info!(dir = %dir.display(), service = %key_dir.service, kid = key_dir.active.kid(), "created key directory");
+        tracing::info!(
+            dir = %dir.display(),
+            service = %key_dir.service(),
+            kid = key_dir.active.kid(),
+            enc_kid = key_dir.encryption[0].kid(),
+            "created key directory"
+        );
         Ok(key_dir)
     }
 
@@ -133,15 +179,36 @@ impl KeyDir {
             reason: format!("{MANIFEST} is invalid: {err}"),
         })?;
 
+        let mismatch = |entry: &ManifestEntry, found: &str| KeyError::InvalidKeyDir {
+            path: dir.to_owned(),
+            reason: format!("the key file for {:?} holds the key {found:?}", entry.kid),
+        };
         let mut active = None;
         let mut published = Vec::new();
+        let mut active_encryption = None;
+        let mut other_encryption = Vec::new();
         for entry in &manifest.keys {
-            let key = load_private_key(&dir.join(format!("{}.jwk", entry.kid)))?;
+            if entry.key_use == KeyUse::Enc {
+                let key = load_encryption_key(&key_path(dir, &entry.kid))?;
+                if key.kid() != entry.kid {
+                    return Err(mismatch(entry, key.kid()));
+                }
+                match entry.state {
+                    KeyState::Active if active_encryption.is_none() => active_encryption = Some(key),
+                    KeyState::Active => {
+                        return Err(KeyError::InvalidKeyDir {
+                            path: dir.to_owned(),
+                            reason: format!("{MANIFEST} lists more than one active encryption key"),
+                        });
+                    }
+                    _ => other_encryption.push(key),
+                }
+                continue;
+            }
+
+            let key = load_private_key(&key_path(dir, &entry.kid))?;
             if key.kid() != entry.kid {
-                return Err(KeyError::InvalidKeyDir {
-                    path: dir.to_owned(),
-                    reason: format!("the key file for {:?} holds the key {:?}", entry.kid, key.kid()),
-                });
+                return Err(mismatch(entry, key.kid()));
             }
             match entry.state {
                 KeyState::Active if active.is_none() => active = Some(key),
@@ -159,12 +226,49 @@ impl KeyDir {
             path: dir.to_owned(),
             reason: format!("{MANIFEST} lists no active key"),
         })?;
+        let encryption = active_encryption.into_iter().chain(other_encryption).collect();
         Ok(Self {
             path: dir.to_owned(),
-            service: manifest.service,
+            manifest,
             active,
             published,
+            encryption,
         })
+    }
+
+    /// Adds a new active X25519 encryption key to a directory that has none
+    /// (one created before encryption keys existed), writes it (mode 0600)
+    /// and republishes `jwks.json`.
+    ///
+    /// Fails if the directory already has an active encryption key.
+    pub fn add_encryption_key(&mut self) -> Result<&EncryptionKey, KeyError> {
+        let has_active = self
+            .manifest
+            .keys
+            .iter()
+            .any(|entry| entry.key_use == KeyUse::Enc && entry.state == KeyState::Active);
+        if has_active {
+            return Err(KeyError::InvalidKeyDir {
+                path: self.path.clone(),
+                reason: "it already has an active encryption key".into(),
+            });
+        }
+
+        let key = EncryptionKey::generate()?;
+        write_file(&key_path(&self.path, key.kid()), key.to_private_jwk().as_bytes(), 0o600)?;
+        self.manifest.keys.push(ManifestEntry {
+            kid: key.kid().to_owned(),
+            key_use: KeyUse::Enc,
+            state: KeyState::Active,
+            created_at: unix_now(),
+        });
+        self.encryption.insert(0, key);
+        self.write_manifest()?;
+        self.write_jwks()?;
+
+        let key = &self.encryption[0];
+        tracing::info!(dir = %self.path.display(), service = %self.service(), enc_kid = key.kid(), "added encryption key");
+        Ok(key)
     }
 
     /// The directory's path.
@@ -174,7 +278,7 @@ impl KeyDir {
 
     /// The service these keys belong to.
     pub fn service(&self) -> &ServiceId {
-        &self.service
+        &self.manifest.service
     }
 
     /// The key that signs now.
@@ -187,13 +291,29 @@ impl KeyDir {
         self.active
     }
 
-    /// The public JWK Set of every published key (active, next and retired).
+    /// The encryption keys (active first, then next and retired), which
+    /// decrypt sealed messages; empty for a directory created before
+    /// encryption keys existed.
+    pub fn encryption_keys(&self) -> &[EncryptionKey] {
+        &self.encryption
+    }
+
+    /// Consumes the directory handle and returns the active signing key and
+    /// every encryption key, for a service that both signs and opens sealed
+    /// messages.
+    pub fn into_keys(self) -> (SigningKey, Vec<EncryptionKey>) {
+        (self.active, self.encryption)
+    }
+
+    /// The public JWK Set of every published key (active, next and retired),
+    /// signing keys first, then encryption keys with the active one first.
     pub fn jwks(&self) -> JwkSet {
         let keys = std::iter::once(&self.active)
             .chain(self.published.iter())
             .map(|key| key.public_key().clone())
             .collect();
-        JwkSet::from_keys(keys)
+        let encryption_keys = self.encryption.iter().map(|key| key.public_key().clone()).collect();
+        JwkSet::from_keys(keys).with_encryption_keys(encryption_keys)
     }
 
     /// The path of the public `jwks.json`.
@@ -205,10 +325,34 @@ impl KeyDir {
         let text = self.jwks().to_json_pretty();
         write_file(&self.jwks_path(), text.as_bytes(), 0o644)
     }
+
+    fn write_manifest(&self) -> Result<(), KeyError> {
+        let text = serde_json::to_vec_pretty(&self.manifest).map_err(|err| KeyError::InvalidKeyDir {
+            path: self.path.clone(),
+            reason: err.to_string(),
+        })?;
+        write_file(&self.path.join(MANIFEST), &text, 0o644)
+    }
 }
 
-/// Loads a private key file after checking its permissions.
+fn key_path(dir: &Path, kid: &str) -> PathBuf {
+    dir.join(format!("{kid}.jwk"))
+}
+
+/// Loads a private signing key file after checking its permissions.
 pub(crate) fn load_private_key(path: &Path) -> Result<SigningKey, KeyError> {
+    let text = read_private_key_file(path)?;
+    SigningKey::from_private_jwk(&text).map_err(|err| name_file(err, path))
+}
+
+/// Loads a private encryption key file after checking its permissions.
+fn load_encryption_key(path: &Path) -> Result<EncryptionKey, KeyError> {
+    let text = read_private_key_file(path)?;
+    EncryptionKey::from_private_jwk(&text).map_err(|err| name_file(err, path))
+}
+
+/// Reads a private key file, failing if group or others can read it.
+fn read_private_key_file(path: &Path) -> Result<zeroize::Zeroizing<String>, KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
@@ -221,12 +365,14 @@ pub(crate) fn load_private_key(path: &Path) -> Result<SigningKey, KeyError> {
             mode,
         });
     }
+    Ok(zeroize::Zeroizing::new(fs::read_to_string(path).map_err(io)?))
+}
 
-    let text = zeroize::Zeroizing::new(fs::read_to_string(path).map_err(io)?);
-    SigningKey::from_private_jwk(&text).map_err(|err| match err {
+fn name_file(err: KeyError, path: &Path) -> KeyError {
+    match err {
         KeyError::InvalidJwk(reason) => KeyError::InvalidJwk(format!("{}: {reason}", path.display())),
         other => other,
-    })
+    }
 }
 
 /// Writes a file atomically (temporary file, then rename) with `mode`.
@@ -271,6 +417,85 @@ mod tests {
         let key_file = dir.join(format!("{}.jwk", created.active_key().kid()));
         let mode = fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn create_makes_published_encryption_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        let created = KeyDir::create(&dir, ServiceId::new("orders").unwrap()).unwrap();
+        let encryption_key = &created.encryption_keys()[0];
+        assert_eq!(encryption_key.curve(), crate::keys::EncryptionCurve::X25519);
+        assert_ne!(encryption_key.kid(), created.active_key().kid());
+
+        let key_file = dir.join(format!("{}.jwk", encryption_key.kid()));
+        let mode = fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let published = JwkSet::parse(&fs::read(created.jwks_path()).unwrap()).unwrap();
+        let public = published.find_encryption_key(encryption_key.kid()).unwrap();
+        assert_eq!(
+            public.to_jwk()["use"], "enc",
+            "the encryption key is published with use: enc"
+        );
+        assert_eq!(public.to_jwk()["alg"], "ECDH-ES+A256KW");
+        assert!(published.find(created.active_key().kid()).is_some());
+
+        let opened = KeyDir::open(&dir).unwrap();
+        assert_eq!(opened.encryption_keys().len(), 1);
+        assert_eq!(opened.encryption_keys()[0].kid(), encryption_key.kid());
+    }
+
+    /// A directory written before encryption keys existed: one signing key
+    /// and a manifest whose entries have no "use".
+    fn write_old_key_dir(dir: &Path) -> SigningKey {
+        fs::create_dir_all(dir).unwrap();
+        let key = SigningKey::generate().unwrap();
+        write_file(&key_path(dir, key.kid()), key.to_private_jwk().as_bytes(), 0o600).unwrap();
+        let manifest = format!(
+            r#"{{"service":"orders","keys":[{{"kid":"{}","state":"active","created_at":1700000000}}]}}"#,
+            key.kid()
+        );
+        write_file(&dir.join(MANIFEST), manifest.as_bytes(), 0o644).unwrap();
+        key
+    }
+
+    #[test]
+    fn old_dir_without_encryption_key_opens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = write_old_key_dir(tmp.path());
+
+        let opened = KeyDir::open(tmp.path()).unwrap();
+        assert_eq!(opened.active_key().kid(), key.kid());
+        assert!(opened.encryption_keys().is_empty());
+        assert!(opened.jwks().encryption_keys().is_empty());
+    }
+
+    #[test]
+    fn old_dir_gains_encryption_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_old_key_dir(tmp.path());
+
+        let mut opened = KeyDir::open(tmp.path()).unwrap();
+        let kid = opened.add_encryption_key().unwrap().kid().to_owned();
+        let err = opened.add_encryption_key().unwrap_err();
+        assert!(matches!(err, KeyError::InvalidKeyDir { .. }), "{err:?}");
+
+        let reopened = KeyDir::open(tmp.path()).unwrap();
+        assert_eq!(reopened.encryption_keys()[0].kid(), kid);
+        let published = JwkSet::parse(&fs::read(reopened.jwks_path()).unwrap()).unwrap();
+        assert!(published.find_encryption_key(&kid).is_some());
+    }
+
+    #[test]
+    fn group_readable_encryption_key_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let created = KeyDir::create(tmp.path(), ServiceId::new("orders").unwrap()).unwrap();
+        let key_file = tmp.path().join(format!("{}.jwk", created.encryption_keys()[0].kid()));
+        fs::set_permissions(&key_file, fs::Permissions::from_mode(0o644)).unwrap();
+
+        let err = KeyDir::open(tmp.path()).unwrap_err();
+        assert!(matches!(err, KeyError::InsecurePermissions { mode: 0o644, .. }), "{err:?}");
     }
 
     #[test]

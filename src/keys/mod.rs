@@ -1,7 +1,8 @@
-//! Signing keys, public keys, key ids and the key directory.
+//! Signing keys, encryption keys, public keys, key ids and the key directory.
 
 mod algorithm;
 mod dir;
+mod encryption;
 mod public;
 mod signing;
 mod thumbprint;
@@ -10,6 +11,8 @@ use std::path::PathBuf;
 
 pub use algorithm::Algorithm;
 pub use dir::{KeyDir, KeyState};
+pub(crate) use encryption::{ParsedEncryptionJwk, Point};
+pub use encryption::{EncryptionCurve, EncryptionKey, EncryptionPublicKey, KEY_MANAGEMENT_ALG};
 pub(crate) use public::ParsedJwk;
 pub use public::PublicKey;
 pub use signing::SigningKey;

@@ -1,10 +1,10 @@
 //! A replay guard shared by every instance of a consumer group, stored in a
 //! JetStream key-value bucket.
 //!
-//! Each accepted token is one key, written with an atomic create (a publish
+//! Each accepted token is one key, written with an atomic create: a publish
 //! that expects the key's last revision to be 0, or the revision of its
-//! delete marker), so when two instances race on one `jti` exactly one
-//! create succeeds. The value records the entry's expiry and delivery id, so
+//! delete marker. When two instances race on one `jti`, exactly one create
+//! succeeds. The value records the entry's expiry and delivery id, so
 //! a redelivery of the same stream message is recognised.
 //!
 //! nats-server 2.9 has no per-key TTL (it arrived in 2.11), so entries expire
@@ -115,7 +115,7 @@ pub struct KvReplayGuard {
     clock: Arc<dyn Clock>,
 }
 
-/// What a key holds.
+/// The value stored under a key.
 #[derive(Serialize, Deserialize)]
 struct Record {
     /// Unix time after which the token can no longer verify.
@@ -140,10 +140,13 @@ impl KvReplayGuard {
             Ok(store) => store,
             Err(_) => {
                 create_bucket(context, bucket, max_age).await?;
-                context.get_key_value(bucket).await.map_err(|source| KvReplayGuardError::Open {
-                    bucket: bucket.to_owned(),
-                    source,
-                })?
+                context
+                    .get_key_value(bucket)
+                    .await
+                    .map_err(|source| KvReplayGuardError::Open {
+                        bucket: bucket.to_owned(),
+                        source,
+                    })?
             }
         };
 
@@ -232,8 +235,8 @@ impl KvReplayGuard {
         )))
     }
 
-    /// A recorded entry is the same delivery when both carry the same
-    /// delivery id; anything else is a replay.
+    /// Returns `Fresh` when the recorded entry carries the same delivery id
+    /// as `entry` (a redelivery), and `Replayed` otherwise.
     fn compare(entry: &ReplayEntry, recorded: &[u8]) -> ReplayStatus {
         let Ok(record) = serde_json::from_slice::<Record>(recorded) else {
             return ReplayStatus::Replayed;
@@ -256,9 +259,13 @@ impl KvReplayGuard {
 /// instance created first, with the settings async-nats gives a KV bucket.
 ///
 /// NOTE: async-nats 0.52's `create_key_value` first reads the account info,
-/// and its parser requires `reserved_memory` and `reserved_storage`, which
-/// nats-server 2.9 does not send; creating the stream directly avoids that.
-async fn create_bucket(context: &jetstream::Context, bucket: &str, max_age: Duration) -> Result<(), KvReplayGuardError> {
+/// and its parser requires `reserved_memory` and `reserved_storage`. Because
+/// nats-server 2.9 does not send them, the stream is created directly.
+async fn create_bucket(
+    context: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<(), KvReplayGuardError> {
     let config = stream::Config {
         name: format!("KV_{bucket}"),
         description: Some("trustwire: accepted token ids (iss, jti)".to_owned()),
@@ -273,11 +280,18 @@ async fn create_bucket(context: &jetstream::Context, bucket: &str, max_age: Dura
         num_replicas: 1,
         ..Default::default()
     };
-    context.get_or_create_stream(config).await.map_err(|source| KvReplayGuardError::Create {
-        bucket: bucket.to_owned(),
-        source,
-    })?;
-    tracing::info!(bucket, max_age_s = max_age.as_secs(), "created the JetStream KV replay bucket");
+    context
+        .get_or_create_stream(config)
+        .await
+        .map_err(|source| KvReplayGuardError::Create {
+            bucket: bucket.to_owned(),
+            source,
+        })?;
+    tracing::info!(
+        bucket,
+        max_age_s = max_age.as_secs(),
+        "created the JetStream KV replay bucket"
+    );
     Ok(())
 }
 

@@ -71,8 +71,8 @@ pub struct SignedPublisher {
     pub(super) request_timeout: Duration,
 }
 
-/// What every signed message shares: the signer, the audience and an
-/// optional lifetime override.
+/// The signer, audience and optional lifetime override that every signed
+/// message of one publisher shares.
 #[derive(Debug, Clone)]
 pub(crate) struct Stamp {
     pub(crate) signer: Signer,

@@ -28,7 +28,7 @@ pub enum RequestError {
     #[error("the request failed")]
     Request(#[from] async_nats::RequestError),
 
-    /// The reply failed verification; its code says why.
+    /// The reply arrived but failed verification.
     #[error("the reply was rejected: {}", .0.code())]
     ReplyRejected(Rejection),
 }

@@ -31,7 +31,7 @@ pub(crate) fn nats_addr() -> String {
 }
 
 /// Connects to the server, failing the test with what to start when it is
-/// not answering.
+/// unreachable.
 pub(crate) async fn connect() -> Client {
     connect_to(&nats_url()).await
 }
