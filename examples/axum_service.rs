@@ -14,9 +14,9 @@
 //!     'http://127.0.0.1:8080/v1/charges?currency=EUR'
 //! ```
 //!
-//! The call answers 200 with the caller's id. Sending the same token again
-//! answers 401 `replayed`, and a token signed for another path, method,
-//! query or body answers 401 `binding_mismatch` or `digest_mismatch`.
+//! The call returns 200 with the caller's id. Sending the same token again
+//! returns 401 `replayed`, and a token signed for another path, method,
+//! query or body returns 401 `binding_mismatch` or `digest_mismatch`.
 //!
 //! Behind a gateway, also trust the gateway's keys with `--gateway
 //! edge=keys/edge/jwks.json`: its tokens carry the consumer as `sub` and no

@@ -141,7 +141,12 @@ http {{
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|err| panic!("starting {} failed: {err}; install nginx or set NGINX", binary.display()));
+        .unwrap_or_else(|err| {
+            panic!(
+                "starting {} failed: {err}; install nginx or set NGINX",
+                binary.display()
+            )
+        });
     let nginx = Nginx { child, dir };
 
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -242,7 +247,7 @@ async fn nginx_gateway_closes_the_bypass() {
     let client = reqwest::Client::new();
     let body = r#"{"qty":3}"#;
 
-    // Through the edge with a valid API key: the upstream sees the consumer.
+    // Through the edge with a valid API key, the upstream gets the consumer.
     let through_edge = client
         .post(format!("{}/orders/42?b=2&a=1", deployment.edge))
         .header("x-api-key", ACME_KEY)
@@ -306,7 +311,7 @@ async fn nginx_gateway_closes_the_bypass() {
     assert_eq!(same_request.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(reason_code(&same_request), "replayed");
 
-    // A wrong API key is refused at the gateway; the upstream never sees it.
+    // The gateway rejects a wrong API key, so the upstream never receives it.
     let wrong_key = client
         .post(format!("{}/orders/42", deployment.edge))
         .header("x-api-key", "twk_wrong-key")
@@ -388,7 +393,10 @@ fn trustwire(args: &[&str], dir: &Path) -> String {
 async fn nginx_with_cli_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let keys = trustwire::KeyDir::create(&dir.path().join("edge"), id("edge")).unwrap();
-    let api_key = trustwire(&["gateway", "new-key", "--consumer", "acme", "--keys", "api-keys.toml"], dir.path());
+    let api_key = trustwire(
+        &["gateway", "new-key", "--consumer", "acme", "--keys", "api-keys.toml"],
+        dir.path(),
+    );
     let api_key = api_key.trim();
     let gateway_port = free_port();
     std::fs::write(
@@ -410,7 +418,10 @@ async fn nginx_with_cli_gateway() {
     let _gateway = GatewayProcess(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", gateway_port)).is_err() {
-        assert!(Instant::now() < deadline, "trustwire gateway did not listen on port {gateway_port} within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "trustwire gateway did not listen on port {gateway_port} within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 

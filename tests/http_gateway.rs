@@ -208,6 +208,7 @@ async fn missing_credential_rejected() {
 
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer");
+    assert_eq!(response.text().await.unwrap(), "missing_credential\n");
 }
 
 #[tokio::test]
@@ -269,7 +270,11 @@ async fn idp_token_accepted_with_prefixed_subject() {
     assert_eq!(response.status(), StatusCode::OK);
     let token = bearer_token(&response);
     let binding = Binding::http("GET", "/orders/42").unwrap();
-    let verified = fixture.orders.verify(&token, &Expected::new(binding, None)).await.unwrap();
+    let verified = fixture
+        .orders
+        .verify(&token, &Expected::new(binding, None))
+        .await
+        .unwrap();
     assert_eq!(verified.claims.sub.as_deref(), Some("idp:alice"));
 }
 
@@ -314,17 +319,37 @@ async fn idp_token_rejections() {
     };
 
     let cases = [
-        ("wrong audience", with_claim("aud", json!("other-api")), "wrong_audience"),
+        (
+            "wrong audience",
+            with_claim("aud", json!("other-api")),
+            "wrong_audience",
+        ),
         ("expired", with_claim("exp", json!(now() - 3600)), "expired"),
         ("not yet valid", with_claim("nbf", json!(now() + 3600)), "not_yet_valid"),
-        ("unknown issuer", with_claim("iss", json!("https://evil.test/")), "unknown_key"),
+        (
+            "unknown issuer",
+            with_claim("iss", json!("https://evil.test/")),
+            "unknown_key",
+        ),
         ("no exp", without_claim("exp"), "missing_claim"),
         ("no sub", without_claim("sub"), "missing_claim"),
-        ("trustwire typ", with_header("typ", json!("trustwire+jwt")), "wrong_type"),
+        (
+            "trustwire typ",
+            with_header("typ", json!("trustwire+jwt")),
+            "wrong_type",
+        ),
         ("alg none", with_header("alg", json!("none")), "unsupported_alg"),
         ("alg HS256", with_header("alg", json!("HS256")), "unsupported_alg"),
-        ("alg ES256 on Ed25519 key", with_header("alg", json!("ES256")), "unsupported_alg"),
-        ("jku header", with_header("jku", json!("https://evil.test/jwks")), "unsupported_header"),
+        (
+            "alg ES256 on Ed25519 key",
+            with_header("alg", json!("ES256")),
+            "unsupported_alg",
+        ),
+        (
+            "jku header",
+            with_header("jku", json!("https://evil.test/jwks")),
+            "unsupported_header",
+        ),
         ("unknown kid", with_header("kid", json!("nope")), "unknown_key"),
         ("bad signature", tampered, "bad_signature"),
         ("not a JWT", "abc".to_owned(), "malformed"),

@@ -101,7 +101,9 @@ fn reason_code(response: &reqwest::Response) -> String {
 /// Signs a token for `method target` with `body` and returns it, so a test
 /// can send it on a request that differs.
 fn token_for(signer: &Signer, method: &str, target: &str, body: Option<&[u8]>) -> String {
-    let mut token = signer.token(id("payments")).binding(Binding::http(method, target).unwrap());
+    let mut token = signer
+        .token(id("payments"))
+        .binding(Binding::http(method, target).unwrap());
     if let Some(body) = body {
         token = token.payload(body);
     }
@@ -309,7 +311,9 @@ async fn replayed_token_rejected() {
 #[tokio::test]
 async fn policy_denial_answers_403() {
     let fixture = Fixture::new();
-    let policy = Policy::deny_all().allow_route(id("orders"), "POST /v1/charges").unwrap();
+    let policy = Policy::deny_all()
+        .allow_route(id("orders"), "POST /v1/charges")
+        .unwrap();
     let verifier = Verifier::builder(id("payments"), fixture.trust.clone())
         .policy(policy)
         .build()
@@ -448,7 +452,10 @@ async fn digestless_token_needs_configured_issuer() {
 
     let relaxed_edge = send(&relaxed, edge_token()).await.unwrap();
     assert_eq!(relaxed_edge.status(), StatusCode::OK);
-    assert_eq!(relaxed_edge.text().await.unwrap(), r#"iss=edge sub=acme body={"amount":1}"#);
+    assert_eq!(
+        relaxed_edge.text().await.unwrap(),
+        r#"iss=edge sub=acme body={"amount":1}"#
+    );
 
     let relaxed_orders = send(&relaxed, token_for(&fixture.orders, "POST", "/v1/charges", None))
         .await
@@ -478,7 +485,10 @@ async fn detailed_errors_carry_detail() {
 
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let body = response.text().await.unwrap();
-    assert!(body.starts_with("binding_mismatch: token is for method \"GET\""), "{body}");
+    assert!(
+        body.starts_with("binding_mismatch: token is for method \"GET\""),
+        "{body}"
+    );
 }
 
 #[tokio::test]

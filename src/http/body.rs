@@ -1,5 +1,5 @@
 //! Bodies: buffering a request body up to a limit, and the response body of
-//! a service that answers some requests itself.
+//! a service that sends some responses itself.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -87,9 +87,9 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => match body.poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    Poll::Ready(Some(Ok(frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))))
-                }
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(
+                    frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
+                ))),
                 Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,

@@ -10,8 +10,8 @@
 //! - [`RequestSigner`] signs outbound calls: [`RequestBuilderExt::sign_with`]
 //!   for reqwest, and [`SignLayer`] for hyper clients and other tower services.
 //! - [`gateway`] is the forward-auth endpoint that nginx `auth_request`,
-//!   Traefik ForwardAuth and Kong call: it checks an API key or an identity
-//!   provider's JWT and answers with an internal token for the upstream.
+//!   Traefik ForwardAuth and Kong call. It checks an API key or an identity
+//!   provider's JWT and returns an internal token for the upstream.
 //!
 //! A token binds `htm` (the method) and `htu` (the path and query in the
 //! canonical form of [`crate::envelope::canonical_target`]). A non-empty body

@@ -20,8 +20,8 @@ pub(crate) const BODY_TOO_LARGE: &str = "body_too_large";
 /// Reason code of a body that could not be read.
 pub(crate) const BODY_UNREADABLE: &str = "body_unreadable";
 
-/// 401 or 403 for a rejected token: 403 for a policy denial, 401 with
-/// `WWW-Authenticate: Bearer error="invalid_token"` for everything else.
+/// Builds the response to a rejected token: 403 for a policy denial, 401
+/// with `WWW-Authenticate: Bearer error="invalid_token"` for everything else.
 /// With `detailed`, the body also carries the rejection's detail.
 pub(crate) fn rejection(rejection: &Rejection, detailed: bool) -> Response<Full<Bytes>> {
     let body = if detailed {
@@ -36,34 +36,34 @@ pub(crate) fn rejection(rejection: &Rejection, detailed: bool) -> Response<Full<
     unauthorized(rejection.code(), body)
 }
 
-/// 401 with `error="invalid_token"` and the reason code as the description.
+/// Builds a 401 with `error="invalid_token"` and the reason code as the description.
 pub(crate) fn invalid_token(code: &'static str) -> Response<Full<Bytes>> {
     unauthorized(code, format!("{code}\n"))
 }
 
-/// 401 without an error code, as RFC 6750 section 3.1 asks when the request
-/// carries no credential at all.
-pub(crate) fn missing_token() -> Response<Full<Bytes>> {
-    let mut response = text(StatusCode::UNAUTHORIZED, format!("{MISSING_TOKEN}\n"));
+/// Builds a 401 whose challenge has no error code, as RFC 6750 section 3.1
+/// recommends when the request carries no credential at all. The body is `code`.
+pub(crate) fn missing_credential(code: &str) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::UNAUTHORIZED, format!("{code}\n"));
     response
         .headers_mut()
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
-/// 403 with `error="insufficient_scope"` and the reason code.
+/// Builds a 403 with `error="insufficient_scope"` and the reason code.
 pub(crate) fn forbidden(code: &str, body: String) -> Response<Full<Bytes>> {
     let mut response = text(StatusCode::FORBIDDEN, body);
     insert_challenge(&mut response, "insufficient_scope", code);
     response
 }
 
-/// 413 for a body above the limit.
+/// Builds a 413 for a body above the limit.
 pub(crate) fn too_large() -> Response<Full<Bytes>> {
     text(StatusCode::PAYLOAD_TOO_LARGE, format!("{BODY_TOO_LARGE}\n"))
 }
 
-/// 400 with a reason code.
+/// Builds a 400 with a reason code.
 pub(crate) fn bad_request(code: &'static str) -> Response<Full<Bytes>> {
     text(StatusCode::BAD_REQUEST, format!("{code}\n"))
 }

@@ -21,7 +21,9 @@ use crate::envelope::{Binding, InvalidBinding};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn request_binding(method: &Method, uri: &Uri) -> Result<Binding, InvalidBinding> {
-    let target = uri.path_and_query().map_or("/", |path_and_query| path_and_query.as_str());
+    let target = uri
+        .path_and_query()
+        .map_or("/", |path_and_query| path_and_query.as_str());
     Binding::http(method.as_str(), target)
 }
 

@@ -92,7 +92,10 @@ async fn serve_until_signal(config: GatewayConfig) -> Result<ExitCode, CliError>
         .local_addr()
         .map_err(|err| CliError::failed(format!("cannot read the bound address: {err}")))?;
 
-    print_stdout(&format!("gateway {} listening on http://{address}\n", gateway.service()))?;
+    print_stdout(&format!(
+        "gateway {} listening on http://{address}\n",
+        gateway.service()
+    ))?;
     tracing::info!(iss = %gateway.service(), address = %address, "serving forward-auth");
 
     let shutdown = async move {
@@ -114,7 +117,10 @@ fn create_key(args: NewKeyArgs) -> Result<ExitCode, CliError> {
     let generated = generate_api_key(&args.consumer).map_err(|err| CliError::usage(error_chain(&err)))?;
 
     let write_error = |err: std::io::Error| {
-        CliError::failed(format!("cannot append to the API keys file {}: {err}", args.keys.display()))
+        CliError::failed(format!(
+            "cannot append to the API keys file {}: {err}",
+            args.keys.display()
+        ))
     };
     let mut file = OpenOptions::new()
         .create(true)

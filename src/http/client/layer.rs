@@ -26,10 +26,10 @@ use crate::http::target::request_binding;
 /// service of [`RequestSigner::hyper_client`].
 pub type HyperClient = Client<HttpConnector, Full<Bytes>>;
 
-/// A tower layer that signs each request: it buffers the body up to the
-/// signer's limit, binds the method, the canonical path and query and the
-/// body, sets the token header and calls the inner service with the same
-/// parts and body bytes as a `Request<Full<Bytes>>`.
+/// A tower layer that signs each request. It buffers the body up to the
+/// signer's limit and binds the method, the canonical path and query, and
+/// the body. Then it sets the token header and calls the inner service with
+/// the same parts and body bytes, as a `Request<Full<Bytes>>`.
 ///
 /// ```
 /// use tower::Layer;

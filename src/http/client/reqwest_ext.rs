@@ -9,9 +9,10 @@ impl RequestSigner {
     /// Signs a built `reqwest` request in place, replacing any token header
     /// it already has.
     ///
-    /// The body must be bytes, as `.body(..)` with bytes or a string sets
-    /// it (and `.json(..)` or `.form(..)` where those reqwest features are
-    /// on); a streaming body fails with [`SignRequestError::StreamingBody`].
+    /// The body must be bytes, as `.body(..)` sets it from bytes or a string.
+    /// `.json(..)` and `.form(..)` also set bytes, where those reqwest
+    /// features are on. A streaming body fails with
+    /// [`SignRequestError::StreamingBody`].
     pub fn sign_reqwest(&self, request: &mut Request) -> Result<(), SignRequestError> {
         let binding = url_binding(request.method(), request.url())?;
         let body = match request.body() {

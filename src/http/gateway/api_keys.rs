@@ -9,8 +9,8 @@
 //! ```
 //!
 //! An unsalted fast hash is enough only because the keys are random: the
-//! keys that [`generate_api_key`] makes carry 256 bits, so nobody can guess
-//! one from its hash. Keys that people choose need a slow, salted hash
+//! keys that [`generate_api_key`] makes carry 256 bits, so guessing one
+//! from its hash is infeasible. Keys that people choose need a slow, salted hash
 //! instead, and this file format does not support them.
 
 use std::fmt;
@@ -23,10 +23,11 @@ use zeroize::Zeroizing;
 
 use crate::encoding::b64_encode;
 
-/// Longest API key accepted, in bytes; longer keys are rejected unhashed.
+/// Maximum length of an API key, in bytes; longer keys are rejected unhashed.
 pub const MAX_API_KEY_LEN: usize = 512;
 
-/// Longest consumer name, in bytes. The name becomes the internal token's `sub`.
+/// Maximum length of a consumer name, in bytes. The name becomes the
+/// internal token's `sub`.
 pub const MAX_CONSUMER_LEN: usize = 256;
 
 /// The API keys a gateway accepts, as SHA-256 hashes with their consumers.
@@ -94,8 +95,8 @@ impl ApiKeys {
         let mut keys = Self::default();
         for (index, entry) in file.key.into_iter().enumerate() {
             let fail = |reason: String| ApiKeysError::Entry { index, reason };
-            let hash = decode_hex_32(&entry.sha256)
-                .ok_or_else(|| fail("sha256 must be 64 hexadecimal digits".to_owned()))?;
+            let hash =
+                decode_hex_32(&entry.sha256).ok_or_else(|| fail("sha256 must be 64 hexadecimal digits".to_owned()))?;
             keys = keys.with_hash(&entry.consumer, hash).map_err(fail)?;
         }
         Ok(keys)
@@ -269,10 +270,16 @@ mod tests {
     #[test]
     fn invalid_entries_rejected() {
         let short_hash = "[[key]]\nconsumer = \"a\"\nsha256 = \"abcd\"\n";
-        assert!(matches!(ApiKeys::parse(short_hash), Err(ApiKeysError::Entry { index: 0, .. })));
+        assert!(matches!(
+            ApiKeys::parse(short_hash),
+            Err(ApiKeysError::Entry { index: 0, .. })
+        ));
 
         let twice = format!("{}{}", key_entry("a", "k"), key_entry("b", "k"));
-        assert!(matches!(ApiKeys::parse(&twice), Err(ApiKeysError::Entry { index: 1, .. })));
+        assert!(matches!(
+            ApiKeys::parse(&twice),
+            Err(ApiKeysError::Entry { index: 1, .. })
+        ));
 
         let unknown_field = "[[key]]\nconsumer = \"a\"\nkey = \"plain\"\n";
         assert!(matches!(ApiKeys::parse(unknown_field), Err(ApiKeysError::Invalid(_))));

@@ -12,7 +12,7 @@
 //! method = "X-Forwarded-Method"
 //! uri = "X-Forwarded-Uri"
 //! api_key = "X-Api-Key"
-//! token = "Authorization"       # answered as "Bearer <token>"
+//! token = "Authorization"       # sent as "Bearer <token>"
 //!
 //! [[idp]]                       # optional, repeatable
 //! issuer = "https://idp.example.com/"

@@ -84,8 +84,9 @@ impl IdentityProvider {
         self
     }
 
-    /// Puts `prefix` before the token's `sub` to form the consumer name, so
-    /// IdP subjects cannot collide with API key consumers. Default: none.
+    /// Puts `prefix` before the token's `sub` to form the consumer name.
+    /// Choose a prefix that no API key consumer name starts with, so an IdP
+    /// subject cannot pass for an API key consumer. Default: none.
     pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.subject_prefix = prefix.into();
         self
@@ -148,8 +149,18 @@ impl IdentityProvider {
         self.check_claims(&token.claims)?;
         let subject = match token.claims.get("sub") {
             Some(Value::String(sub)) if !sub.is_empty() && sub.len() <= MAX_SUBJECT_LEN => sub,
-            Some(_) => return Err(Rejection::new(Reason::Malformed, "sub must be a string of 1 to 256 bytes")),
-            None => return Err(Rejection::new(Reason::MissingClaim, "the required claim \"sub\" is missing")),
+            Some(_) => {
+                return Err(Rejection::new(
+                    Reason::Malformed,
+                    "sub must be a string of 1 to 256 bytes",
+                ));
+            }
+            None => {
+                return Err(Rejection::new(
+                    Reason::MissingClaim,
+                    "the required claim \"sub\" is missing",
+                ));
+            }
         };
         Ok(format!("{}{subject}", self.subject_prefix))
     }
@@ -159,7 +170,12 @@ impl IdentityProvider {
             Some(Value::String(aud)) => *aud == self.audience,
             Some(Value::Array(auds)) => auds.iter().any(|aud| aud.as_str() == Some(self.audience.as_str())),
             Some(_) => return Err(Rejection::new(Reason::Malformed, "aud is not a string or an array")),
-            None => return Err(Rejection::new(Reason::MissingClaim, "the required claim \"aud\" is missing")),
+            None => {
+                return Err(Rejection::new(
+                    Reason::MissingClaim,
+                    "the required claim \"aud\" is missing",
+                ));
+            }
         };
         if !audience_ok {
             return Err(Rejection::new(
@@ -170,7 +186,10 @@ impl IdentityProvider {
 
         let now = self.clock.now();
         let Some(exp) = numeric_date(claims, "exp")? else {
-            return Err(Rejection::new(Reason::MissingClaim, "the required claim \"exp\" is missing"));
+            return Err(Rejection::new(
+                Reason::MissingClaim,
+                "the required claim \"exp\" is missing",
+            ));
         };
         if now > exp.saturating_add(self.leeway) {
             return Err(Rejection::new(Reason::Expired, format!("expired {} s ago", now - exp)));
@@ -218,12 +237,18 @@ fn parse(token: &str) -> Result<ParsedJwt<'_>, Rejection> {
     if token.len() > MAX_IDP_TOKEN_BYTES {
         return Err(Rejection::new(
             Reason::TooLarge,
-            format!("token is {} bytes, above the limit of {MAX_IDP_TOKEN_BYTES}", token.len()),
+            format!(
+                "token is {} bytes, above the limit of {MAX_IDP_TOKEN_BYTES}",
+                token.len()
+            ),
         ));
     }
     let segments: Vec<&str> = token.split('.').collect();
     if segments.len() == 5 {
-        return Err(Rejection::new(Reason::WrongType, "a JWE was given where a signed JWT is expected"));
+        return Err(Rejection::new(
+            Reason::WrongType,
+            "a JWE was given where a signed JWT is expected",
+        ));
     }
     let [header_b64, claims_b64, signature_b64] = segments[..] else {
         return Err(Rejection::new(
@@ -259,12 +284,22 @@ fn parse(token: &str) -> Result<ParsedJwt<'_>, Rejection> {
     };
     let kid = match header.get("kid") {
         Some(Value::String(kid)) if !kid.is_empty() && kid.len() <= 256 => kid.clone(),
-        _ => return Err(Rejection::new(Reason::Malformed, "kid must be a string of 1 to 256 bytes")),
+        _ => {
+            return Err(Rejection::new(
+                Reason::Malformed,
+                "kid must be a string of 1 to 256 bytes",
+            ));
+        }
     };
     let iss = match claims.get("iss") {
         Some(Value::String(iss)) => iss.clone(),
         Some(_) => return Err(Rejection::new(Reason::Malformed, "iss is not a string")),
-        None => return Err(Rejection::new(Reason::MissingClaim, "the required claim \"iss\" is missing")),
+        None => {
+            return Err(Rejection::new(
+                Reason::MissingClaim,
+                "the required claim \"iss\" is missing",
+            ));
+        }
     };
 
     Ok(ParsedJwt {

@@ -10,7 +10,7 @@
 //!    missing or invalid);
 //! 2. authenticates the edge credential: an API key (checked against
 //!    SHA-256 hashes, see [`ApiKeys`]) or else a bearer JWT from an
-//!    [`IdentityProvider`]. No credential answers 401 `missing_credential`,
+//!    [`IdentityProvider`]. No credential gets 401 `missing_credential`,
 //!    a wrong one 401 `invalid_api_key` or the JWT's reason code;
 //! 3. picks the upstream by the longest matching [`Route`] prefix (403
 //!    `no_route` when none matches, 403 `not_allowed` when the route does
@@ -44,7 +44,9 @@ use http::header::{AUTHORIZATION, CACHE_CONTROL, HeaderMap, HeaderName, HeaderVa
 use http::{Method, StatusCode, Uri};
 use http_body_util::Full;
 
-pub use api_keys::{ApiKeys, ApiKeysError, GeneratedKey, MAX_API_KEY_LEN, MAX_CONSUMER_LEN, generate_api_key, key_entry};
+pub use api_keys::{
+    ApiKeys, ApiKeysError, GeneratedKey, MAX_API_KEY_LEN, MAX_CONSUMER_LEN, generate_api_key, key_entry,
+};
 pub use config::{ConfigError, GatewayConfig};
 pub use idp::{IdentityProvider, MAX_IDP_TOKEN_BYTES};
 pub use routes::Route;
@@ -157,7 +159,7 @@ impl GatewayBuilder {
         self
     }
 
-    /// Answers with the token in `header`, as the bare token. Default
+    /// Sends the token in `header` of the response, as the bare token. Default
     /// `Authorization: Bearer <token>`, which the proxy copies onto the
     /// forwarded request in place of the edge credential.
     pub fn token_header(mut self, header: HeaderName) -> Self {
@@ -252,7 +254,7 @@ impl Denial {
 
     fn into_response(self) -> Response<Full<Bytes>> {
         match self.status {
-            StatusCode::UNAUTHORIZED if self.code == MISSING_CREDENTIAL => response::missing_token(),
+            StatusCode::UNAUTHORIZED if self.code == MISSING_CREDENTIAL => response::missing_credential(self.code),
             StatusCode::UNAUTHORIZED => response::invalid_token(self.code),
             StatusCode::FORBIDDEN => response::forbidden(self.code, format!("{}\n", self.code)),
             StatusCode::BAD_REQUEST => response::bad_request(self.code),
@@ -315,8 +317,8 @@ impl Gateway {
         result
     }
 
-    /// An axum router that answers every path and method with the
-    /// forward-auth decision.
+    /// Returns an axum router that responds to every path and method with
+    /// the forward-auth decision.
     pub fn router(&self) -> Router {
         Router::new().fallback(forward_auth).with_state(self.clone())
     }
@@ -439,7 +441,11 @@ impl Gateway {
             tracing::warn!(reason = denial.code, detail = denial.detail, "gateway denied a request");
         } else {
             // A missing forwarded header or a signing failure is a deployment fault.
-            tracing::error!(reason = denial.code, detail = denial.detail, "gateway could not decide a request");
+            tracing::error!(
+                reason = denial.code,
+                detail = denial.detail,
+                "gateway could not decide a request"
+            );
         }
     }
 }

@@ -113,7 +113,11 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        let routes = [route("/", "web"), route("/orders", "orders"), route("/orders/admin", "admin")];
+        let routes = [
+            route("/", "web"),
+            route("/orders", "orders"),
+            route("/orders/admin", "admin"),
+        ];
         assert_eq!(upstream_of(&routes, "GET", "/orders/admin/x").as_deref(), Some("admin"));
         assert_eq!(upstream_of(&routes, "GET", "/orders/42?x=1").as_deref(), Some("orders"));
         assert_eq!(upstream_of(&routes, "GET", "/orders").as_deref(), Some("orders"));

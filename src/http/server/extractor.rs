@@ -24,8 +24,8 @@ use crate::envelope::{Claims, Verified};
 /// }
 /// ```
 ///
-/// Extracting `Caller` on a route without the layer answers 500 and logs an
-/// error; extract `Option<Caller>` where the layer is optional.
+/// Extracting `Caller` on a route without the layer returns 500 and logs an
+/// error. Extract `Option<Caller>` where the layer is optional.
 #[derive(Debug, Clone)]
 pub struct Caller {
     verified: Arc<Verified>,
@@ -61,7 +61,7 @@ impl Caller {
 }
 
 /// The rejection of the [`Caller`] extractor: the route has no
-/// [`super::VerifyLayer`], which is a server bug, so it answers 500.
+/// [`super::VerifyLayer`], which is a server bug, so it returns 500.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct MissingCaller;

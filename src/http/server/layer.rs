@@ -25,7 +25,7 @@ use crate::http::target::request_binding;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// A tower layer that verifies the token on every request before the inner
-/// service sees it.
+/// service receives it.
 ///
 /// For each request it:
 ///
@@ -97,8 +97,8 @@ impl VerifyLayer {
         self
     }
 
-    /// Sets the largest request body that is buffered and verified; a larger
-    /// body, or a larger `Content-Length`, answers 413. Default
+    /// Sets the largest request body that is buffered and verified. A larger
+    /// body, or a larger `Content-Length`, gets 413. Default
     /// [`DEFAULT_MAX_BODY_BYTES`]. The verifier's own payload limit still
     /// applies, so keep this at or below it.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
@@ -196,7 +196,7 @@ where
         Ok(token) => token,
         Err(TokenError::Missing) => {
             tracing::debug!(binding = %binding, header = %config.header, "request has no token");
-            return Err(response::missing_token());
+            return Err(response::missing_credential(response::MISSING_TOKEN));
         }
         Err(TokenError::Malformed(why)) => {
             tracing::debug!(binding = %binding, header = %config.header, why, "token header is malformed");
