@@ -435,7 +435,8 @@ mod tests {
         let published = JwkSet::parse(&fs::read(created.jwks_path()).unwrap()).unwrap();
         let public = published.find_encryption_key(encryption_key.kid()).unwrap();
         assert_eq!(
-            public.to_jwk()["use"], "enc",
+            public.to_jwk()["use"],
+            "enc",
             "the encryption key is published with use: enc"
         );
         assert_eq!(public.to_jwk()["alg"], "ECDH-ES+A256KW");
@@ -495,7 +496,10 @@ mod tests {
         fs::set_permissions(&key_file, fs::Permissions::from_mode(0o644)).unwrap();
 
         let err = KeyDir::open(tmp.path()).unwrap_err();
-        assert!(matches!(err, KeyError::InsecurePermissions { mode: 0o644, .. }), "{err:?}");
+        assert!(
+            matches!(err, KeyError::InsecurePermissions { mode: 0o644, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

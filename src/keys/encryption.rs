@@ -612,7 +612,10 @@ mod tests {
 
     #[test]
     fn debug_shows_kid_only() {
-        for key in [EncryptionKey::generate().unwrap(), EncryptionKey::generate_p256().unwrap()] {
+        for key in [
+            EncryptionKey::generate().unwrap(),
+            EncryptionKey::generate_p256().unwrap(),
+        ] {
             let shown = format!("{key:?}");
             let jwk: Map<String, Value> = serde_json::from_str(&key.to_private_jwk()).unwrap();
             let d = jwk["d"].as_str().unwrap();
@@ -623,7 +626,10 @@ mod tests {
 
     #[test]
     fn public_jwk_parses_back() {
-        for key in [EncryptionKey::generate().unwrap(), EncryptionKey::generate_p256().unwrap()] {
+        for key in [
+            EncryptionKey::generate().unwrap(),
+            EncryptionKey::generate_p256().unwrap(),
+        ] {
             let jwk = jwk_map(key.public_key().to_jwk());
             assert_eq!(jwk["use"], "enc");
             assert_eq!(jwk["alg"], KEY_MANAGEMENT_ALG);
@@ -649,7 +655,10 @@ mod tests {
         ] {
             let bytes: [u8; 32] = hex_bytes(hex).try_into().unwrap();
             let err = Point::x25519(bytes).unwrap_err();
-            assert!(matches!(&err, KeyError::InvalidJwk(reason) if reason.contains("small-order")), "{hex}: {err:?}");
+            assert!(
+                matches!(&err, KeyError::InvalidJwk(reason) if reason.contains("small-order")),
+                "{hex}: {err:?}"
+            );
         }
     }
 
@@ -663,7 +672,10 @@ mod tests {
         ] {
             let bytes: [u8; 32] = hex_bytes(hex).try_into().unwrap();
             let err = Point::x25519(bytes).unwrap_err();
-            assert!(matches!(&err, KeyError::InvalidJwk(reason) if reason.contains("canonical")), "{hex}: {err:?}");
+            assert!(
+                matches!(&err, KeyError::InvalidJwk(reason) if reason.contains("canonical")),
+                "{hex}: {err:?}"
+            );
         }
     }
 
@@ -682,12 +694,18 @@ mod tests {
         y[31] ^= 1;
         jwk.insert("y".into(), b64_encode(&y).into());
         let err = EncryptionPublicKey::from_jwk(&jwk).unwrap_err();
-        assert!(matches!(&err, KeyError::InvalidJwk(reason) if reason.contains("not a point on the curve")), "{err:?}");
+        assert!(
+            matches!(&err, KeyError::InvalidJwk(reason) if reason.contains("not a point on the curve")),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn agreement_is_symmetric() {
-        for key in [EncryptionKey::generate().unwrap(), EncryptionKey::generate_p256().unwrap()] {
+        for key in [
+            EncryptionKey::generate().unwrap(),
+            EncryptionKey::generate_p256().unwrap(),
+        ] {
             let agreement = key.public_key().agree_ephemeral().unwrap();
             let z = key.agree(&agreement.epk).unwrap();
             assert_eq!(*z, *agreement.shared_secret);

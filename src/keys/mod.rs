@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 pub use algorithm::Algorithm;
 pub use dir::{KeyDir, KeyState};
-pub(crate) use encryption::{ParsedEncryptionJwk, Point};
 pub use encryption::{EncryptionCurve, EncryptionKey, EncryptionPublicKey, KEY_MANAGEMENT_ALG};
+pub(crate) use encryption::{ParsedEncryptionJwk, Point};
 pub(crate) use public::ParsedJwk;
 pub use public::PublicKey;
 pub use signing::SigningKey;

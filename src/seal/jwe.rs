@@ -207,12 +207,9 @@ pub(crate) fn decrypt(jwe: &[u8], keys: &[EncryptionKey]) -> Result<Decrypted, R
     let apu = party_info(header, "apu")?;
     let apv = party_info(header, "apv")?;
 
-    let shared_secret = key.agree(&epk).ok_or_else(|| {
-        Rejection::new(
-            Reason::InvalidEpk,
-            "key agreement with epk gave the all-zero secret",
-        )
-    })?;
+    let shared_secret = key
+        .agree(&epk)
+        .ok_or_else(|| Rejection::new(Reason::InvalidEpk, "key agreement with epk gave the all-zero secret"))?;
     let kek = concat_kdf(&shared_secret, KEY_MANAGEMENT_ALG, &apu, &apv, 256);
 
     let mut cek = Zeroizing::new([0u8; CEK_LEN]);
@@ -304,8 +301,7 @@ fn parse(jwe: &[u8]) -> Result<Parsed, Rejection> {
 /// Parses the general or flattened JSON serialization (RFC 7516 section 7.2).
 /// Members this format does not define are ignored, as section 7.2.1 requires.
 fn parse_json(jwe: &[u8]) -> Result<Parsed, Rejection> {
-    let document =
-        parse_object(jwe).map_err(|err| malformed(format!("the JWE is not a valid JSON object: {err}")))?;
+    let document = parse_object(jwe).map_err(|err| malformed(format!("the JWE is not a valid JSON object: {err}")))?;
     if document.contains_key("aad") {
         return Err(Rejection::new(
             Reason::UnsupportedHeader,

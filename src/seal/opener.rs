@@ -210,9 +210,23 @@ impl Opener {
             rejection.jti().unwrap_or(""),
         );
         if self.inner.warn_limiter.allow() {
-            tracing::warn!(reason = code, kid, iss, jti, detail = rejection.detail(), "sealed message rejected");
+            tracing::warn!(
+                reason = code,
+                kid,
+                iss,
+                jti,
+                detail = rejection.detail(),
+                "sealed message rejected"
+            );
         } else {
-            tracing::debug!(reason = code, kid, iss, jti, detail = rejection.detail(), "sealed message rejected");
+            tracing::debug!(
+                reason = code,
+                kid,
+                iss,
+                jti,
+                detail = rejection.detail(),
+                "sealed message rejected"
+            );
         }
         rejection
     }

@@ -277,7 +277,11 @@ impl<'a> SealBuilder<'a> {
         let jti = random_jti()?;
         let jwe = jwe::encrypt(&keys, signer.service().as_str(), &jti, payload)?;
 
-        let services = self.recipients.iter().map(|recipient| recipient.service.clone()).collect();
+        let services = self
+            .recipients
+            .iter()
+            .map(|recipient| recipient.service.clone())
+            .collect();
         let audience = Audience::many(services).ok_or(SealError::NoRecipients)?;
         let mut token = signer.token(audience).binding(self.binding).payload(&jwe).jti(&jti);
         if let Some(subject) = self.subject {
