@@ -34,7 +34,7 @@ fn orders_signer(key: SigningKey) -> Signer {
         .unwrap()
 }
 
-/// josekit's view of one of our keys, public or private.
+/// Converts one of our JWKs, public or private, to josekit's type.
 fn josekit_jwk(jwk: &serde_json::Value) -> Jwk {
     Jwk::from_bytes(serde_json::to_vec(jwk).unwrap()).unwrap()
 }
@@ -66,7 +66,7 @@ fn our_compact_jwe_decrypts_with_josekit() {
 }
 
 #[test]
-fn our_fan_out_decrypts_with_josekit_for_each_recipient() {
+fn our_fan_out_decrypts_with_josekit() {
     let keys = [
         EncryptionKey::generate().unwrap(),
         EncryptionKey::generate_p256().unwrap(),
@@ -92,7 +92,7 @@ fn our_fan_out_decrypts_with_josekit_for_each_recipient() {
     }
 }
 
-/// A receiver, payments, that trusts orders and owns `keys`.
+/// Builds the opener of payments, which trusts orders and owns `keys`.
 fn payments_opener(orders_key: &SigningKey, keys: Vec<EncryptionKey>) -> Opener {
     let trust = TrustStore::new().trust(
         id("orders"),
@@ -105,7 +105,7 @@ fn payments_opener(orders_key: &SigningKey, keys: Vec<EncryptionKey>) -> Opener 
     Opener::new(verifier, keys).unwrap()
 }
 
-/// orders' token over a JWE that another library made.
+/// Signs an orders token over a JWE that another library made.
 fn token_over(signer: &Signer, jwe: &[u8], jti: &str) -> String {
     signer
         .token(id("payments"))
