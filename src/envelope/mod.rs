@@ -1,12 +1,14 @@
 //! The signed envelope: claims, bindings, the signer, the verifier and the
 //! rejection reason codes.
 
+mod batch;
 mod binding;
 mod claims;
 mod rejection;
 mod signer;
 mod verifier;
 
+pub use batch::MAX_SIGNATURE_BATCH;
 pub use binding::{Binding, InvalidBinding, MAX_BINDING_LEN, canonical_target, payload_digest};
 pub use claims::Claims;
 pub use rejection::{Reason, Rejection};

@@ -16,7 +16,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::encoding::{b64_decode, parse_object};
 use crate::identity::ServiceId;
 use crate::jwks::TrustStore;
-use crate::keys::Algorithm;
+use crate::keys::{Algorithm, PublicKey};
 use crate::policy::Policy;
 use crate::replay::{MemoryReplayGuard, ReplayEntry, ReplayGuard, ReplayStatus};
 
@@ -301,12 +301,44 @@ struct VerifierInner {
 }
 
 /// The parts of a token read before its signature is checked.
-struct Parsed<'t> {
-    signing_input: &'t str,
+pub(super) struct Parsed<'t> {
+    pub(super) signing_input: &'t str,
     alg: Algorithm,
     kid: String,
     claims: Map<String, Value>,
-    signature: Vec<u8>,
+    pub(super) signature: Vec<u8>,
+}
+
+impl Parsed<'_> {
+    /// Adds the token's `kid` and its claimed, still unverified, `iss` and
+    /// `jti` to a rejection, for the logs.
+    fn tag(&self, rejection: Rejection) -> Rejection {
+        let claimed = |name| self.claims.get(name).and_then(Value::as_str);
+        rejection.with_ids(Some(&self.kid), claimed("iss"), claimed("jti"))
+    }
+}
+
+/// A token that passed steps 1 to 4 and waits for its signature check.
+pub(super) struct Admitted<'t> {
+    pub(super) parsed: Parsed<'t>,
+    /// The issuer that owns `key`.
+    owner: ServiceId,
+    /// The key named by `kid`, already checked to allow the header's `alg`.
+    pub(super) key: PublicKey,
+}
+
+impl Admitted<'_> {
+    /// Step 5 for this token alone (`verify_strict` for an Ed25519 key).
+    pub(super) fn signature_verifies(&self) -> bool {
+        self.key
+            .verify_signature(self.parsed.signing_input.as_bytes(), &self.parsed.signature)
+    }
+
+    /// The rejection of a token whose signature does not verify.
+    pub(super) fn bad_signature(&self) -> Rejection {
+        self.parsed
+            .tag(Rejection::new(Reason::BadSignature, "signature does not verify"))
+    }
 }
 
 impl Verifier {
@@ -341,7 +373,13 @@ impl Verifier {
     /// Verifies `token` against what arrived, logs the outcome and counts it.
     pub async fn verify(&self, token: &str, expected: &Expected<'_>) -> Result<Verified, Rejection> {
         let result = self.verify_steps(token, expected).await;
-        match &result {
+        self.record_outcome(&result, expected);
+        result
+    }
+
+    /// Counts the outcome of one verification and logs it.
+    pub(super) fn record_outcome(&self, result: &Result<Verified, Rejection>, expected: &Expected<'_>) {
+        match result {
             Ok(verified) => {
                 metrics::counter!("trustwire_verified_total", "iss" => verified.claims.iss.clone()).increment(1);
                 tracing::debug!(
@@ -359,7 +397,6 @@ impl Verifier {
                 self.log_rejection(rejection, expected);
             }
         }
-        result
     }
 
     /// Forgets a verified token's `jti`, so a redelivery of the same message
@@ -385,6 +422,18 @@ impl Verifier {
     }
 
     async fn verify_steps(&self, token: &str, expected: &Expected<'_>) -> Result<Verified, Rejection> {
+        let admitted = self.admit(token, expected).await?;
+
+        // Step 5: signature.
+        if !admitted.signature_verifies() {
+            return Err(admitted.bad_signature());
+        }
+
+        self.accept(admitted, expected).await
+    }
+
+    /// Steps 1 to 4: size limits, strict decoding, the header and the key.
+    pub(super) async fn admit<'t>(&self, token: &'t str, expected: &Expected<'_>) -> Result<Admitted<'t>, Rejection> {
         let inner = &self.inner;
 
         // Step 1: size limits, before any parsing.
@@ -413,26 +462,30 @@ impl Verifier {
 
         // Steps 2 and 3: strict encoding, then the header.
         let parsed = parse_token(token)?;
-        let claimed_iss = parsed.claims.get("iss").and_then(Value::as_str);
-        let claimed_jti = parsed.claims.get("jti").and_then(Value::as_str);
-        let ids = |rejection: Rejection| rejection.with_ids(Some(&parsed.kid), claimed_iss, claimed_jti);
 
         // Step 4: key lookup by kid; the algorithm must be allowed for the key.
-        let (owner, key) = inner.trust.find_key(&parsed.kid, claimed_iss).await.map_err(ids)?;
+        let claimed_iss = parsed.claims.get("iss").and_then(Value::as_str);
+        let (owner, key) = match inner.trust.find_key(&parsed.kid, claimed_iss).await {
+            Ok(found) => found,
+            Err(rejection) => return Err(parsed.tag(rejection)),
+        };
         if !key.allows(parsed.alg) {
-            return Err(ids(Rejection::new(
+            return Err(parsed.tag(Rejection::new(
                 Reason::UnsupportedAlg,
                 format!("alg {} is not allowed for key {:?}", parsed.alg, parsed.kid),
             )));
         }
+        Ok(Admitted { parsed, owner, key })
+    }
 
-        // Step 5: signature.
-        if !key.verify_signature(parsed.signing_input.as_bytes(), &parsed.signature) {
-            return Err(ids(Rejection::new(Reason::BadSignature, "signature does not verify")));
-        }
+    /// Steps 6 to 9 for a token whose signature verified: claims, binding,
+    /// policy and replay.
+    pub(super) async fn accept(&self, admitted: Admitted<'_>, expected: &Expected<'_>) -> Result<Verified, Rejection> {
+        let inner = &self.inner;
+        let Admitted { parsed, owner, .. } = admitted;
 
         // Step 6: claims.
-        let claims = Claims::from_map(parsed.claims.clone()).map_err(ids)?;
+        let claims = Claims::from_map(parsed.claims.clone()).map_err(|rejection| parsed.tag(rejection))?;
         let ids = |rejection: Rejection| rejection.with_ids(Some(&parsed.kid), Some(&claims.iss), Some(&claims.jti));
         // Clamped so a broken clock or broker time cannot overflow the checks.
         let now = expected
