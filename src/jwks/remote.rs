@@ -14,10 +14,20 @@
 //!   `max_staleness` past their expiry, after which lookups fail with
 //!   `key_source_unavailable` until a fetch succeeds;
 //! - after a failure, the next attempt waits `retry_interval`, doubling up to
-//!   one minute, so a down server is not hammered.
+//!   one minute, so a down server is not hammered;
+//! - with a snapshot file (opt-in), each successful fetch is written to disk,
+//!   and a cache whose first fetch fails loads it, so a verifier restarted
+//!   during an outage keeps the keys it had (see [`RemoteJwksBuilder::snapshot`]);
+//! - for a revoked key, [`RemoteJwks::force_refresh`] fetches at once and
+//!   [`RemoteJwks::set_ttl_cap`] shortens the time to live while an incident
+//!   lasts. Waiting for an unknown `kid` does not help there: a revoked key is
+//!   one the cache already knows.
+
+mod snapshot;
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -149,6 +159,8 @@ struct Inner {
     url: Url,
     client: reqwest::Client,
     config: RemoteJwksConfig,
+    /// The last-good snapshot file, if enabled.
+    snapshot: Option<PathBuf>,
     state: Mutex<State>,
     /// Held for the duration of a fetch; waiting on it merges concurrent fetches.
     fetch_gate: tokio::sync::Mutex<()>,
@@ -173,6 +185,13 @@ struct State {
     refreshing: bool,
     last_unknown_kid_refresh: Option<Instant>,
     stale_warned: bool,
+    /// Upper bound of the time to live set at run time, during an incident.
+    ttl_cap: Option<Duration>,
+    /// Whether the snapshot file was already read, so it is read once at most.
+    snapshot_tried: bool,
+    /// Whether the last snapshot write failed, so a failing disk logs one
+    /// warning per streak of failures instead of one per fetch.
+    snapshot_write_failed: bool,
 }
 
 /// Builder of a [`RemoteJwks`].
@@ -181,6 +200,7 @@ pub struct RemoteJwksBuilder {
     url: String,
     config: RemoteJwksConfig,
     insecure_allow_http: bool,
+    snapshot: Option<PathBuf>,
 }
 
 impl RemoteJwksBuilder {
@@ -233,6 +253,23 @@ impl RemoteJwksBuilder {
         self
     }
 
+    /// Keeps a last-good snapshot of the set in the file `path`. Default: none.
+    ///
+    /// After each successful fetch the set is written there atomically
+    /// (temporary file, then rename) with mode 0600. When the first fetch of
+    /// this cache fails, as after a restart during a JWKS outage, the
+    /// snapshot is loaded instead. It must come from the same URL and be
+    /// younger than its time to live plus `max_staleness`. Its keys count as
+    /// stale, so they are replaced as soon as a fetch succeeds.
+    ///
+    /// Anyone who can write the file can plant keys, so keep it in a
+    /// directory only the service can write. A snapshot that group or others
+    /// can write is rejected. Give each URL its own file.
+    pub fn snapshot(mut self, path: impl Into<PathBuf>) -> Self {
+        self.snapshot = Some(path.into());
+        self
+    }
+
     /// Allows a plain `http://` URL to a host that is not loopback.
     ///
     /// Anyone on the network path can then replace the keys and forge
@@ -275,6 +312,7 @@ impl RemoteJwksBuilder {
                 url,
                 client,
                 config: self.config,
+                snapshot: self.snapshot,
                 state: Mutex::new(State::default()),
                 fetch_gate: tokio::sync::Mutex::new(()),
             }),
@@ -314,6 +352,7 @@ impl RemoteJwks {
             url: url.into(),
             config: RemoteJwksConfig::default(),
             insecure_allow_http: false,
+            snapshot: None,
         }
     }
 
@@ -392,6 +431,44 @@ impl RemoteJwks {
         self.inner.fetch_once(seen).await
     }
 
+    /// Fetches the set now and reports whether that fetch succeeded: the
+    /// refresh to run after a key was revoked.
+    ///
+    /// Unlike [`Self::refresh`], it always starts a new request after any
+    /// fetch in flight has finished, ignoring the time to live, the
+    /// unknown-`kid` cooldown and the retry wait, so the keys it returns were
+    /// published after the call began. A key no longer in the set stops
+    /// verifying at once. A failed fetch returns its error; the keys cached
+    /// before stay usable, as after any failed fetch.
+    pub async fn force_refresh(&self) -> Result<Arc<JwkSet>, SourceError> {
+        let gate = self.inner.fetch_gate.lock().await;
+        tracing::info!(url = %self.inner.url, "forced JWKS refresh");
+        self.inner.fetch_and_record(&gate).await
+    }
+
+    /// Caps the time to live of the cached set at `cap`, below what
+    /// `Cache-Control` and `max_ttl` allow, or lifts the cap with `None`.
+    ///
+    /// During an incident a short cap (such as 30 s) makes every verifier
+    /// drop a revoked key within that time of its removal from the JWKS,
+    /// without a restart; the cost is one request per cap per verifier. The
+    /// cap also applies to the keys cached now: if they are older than three
+    /// quarters of `cap`, the next lookup starts a refresh.
+    pub fn set_ttl_cap(&self, cap: Option<Duration>) {
+        let mut state = self.inner.lock_state();
+        state.ttl_cap = cap;
+        let (Some(cap), Some(started)) = (cap, state.keys_fetch_started) else {
+            tracing::info!(url = %self.inner.url, cap_ms = cap.map(|cap| cap.as_millis() as u64), "JWKS time-to-live cap changed");
+            return;
+        };
+
+        let refresh_at = later(started, cap - cap / 4);
+        let fresh_until = later(started, cap);
+        state.refresh_at = Some(state.refresh_at.map_or(refresh_at, |at| at.min(refresh_at)));
+        state.fresh_until = Some(state.fresh_until.map_or(fresh_until, |at| at.min(fresh_until)));
+        tracing::info!(url = %self.inner.url, cap_ms = cap.as_millis() as u64, "JWKS time-to-live capped");
+    }
+
     fn maybe_refresh_in_background(&self, state: &mut State, now: Instant) {
         let due = state.refresh_at.is_some_and(|at| now >= at);
         let allowed = state.next_attempt.is_none_or(|at| now >= at);
@@ -465,44 +542,136 @@ impl Inner {
 
     /// Fetches and records the outcome: new keys on success, the error and
     /// the next retry time on failure, keeping any keys still usable.
-    async fn fetch_and_store(&self, _gate: &GateGuard<'_>) -> Result<Arc<JwkSet>, SourceError> {
+    async fn fetch_and_store(&self, gate: &GateGuard<'_>) -> Result<Arc<JwkSet>, SourceError> {
+        match self.fetch_and_record(gate).await {
+            Ok(set) => Ok(set),
+            Err(_) => {
+                let state = self.lock_state();
+                state
+                    .usable_keys(Instant::now())
+                    .ok_or_else(|| self.unavailable(&state))
+            }
+        }
+    }
+
+    /// Fetches and records the outcome as [`Self::fetch_and_store`] does, but
+    /// returns the fetch error even when cached keys stay usable.
+    async fn fetch_and_record(&self, _gate: &GateGuard<'_>) -> Result<Arc<JwkSet>, SourceError> {
         let started = Instant::now();
         let result = self.fetch().await;
         let now = Instant::now();
 
+        let (set, ttl) = match result {
+            Ok(fetched) => fetched,
+            Err(err) => {
+                self.record_failure(&err, now);
+                self.load_snapshot_after_first_failure().await;
+                metrics::counter!("trustwire_jwks_fetches_total", "result" => "error").increment(1);
+                return Err(err);
+            }
+        };
+
+        let set = Arc::new(set);
+        let ttl = {
+            let mut state = self.lock_state();
+            let ttl = state.ttl_cap.map_or(ttl, |cap| ttl.min(cap));
+            log_key_changes(&self.url, state.keys.as_deref(), &set, ttl, now - started);
+            state.attempts += 1;
+            state.keys = Some(Arc::clone(&set));
+            state.keys_fetch_started = Some(started);
+            state.refresh_at = Some(later(now, ttl - ttl / 4));
+            state.fresh_until = Some(later(now, ttl));
+            state.usable_until = Some(later(now, ttl.saturating_add(self.config.max_staleness)));
+            state.failures = 0;
+            state.last_error = None;
+            state.next_attempt = None;
+            state.stale_warned = false;
+            // Once a fetch succeeded, an older snapshot is never needed again.
+            state.snapshot_tried = true;
+            ttl
+        };
+        metrics::counter!("trustwire_jwks_fetches_total", "result" => "ok").increment(1);
+
+        if let Some(path) = &self.snapshot {
+            let written = snapshot::write(path, self.url.as_str(), &set, ttl).await;
+            self.log_snapshot_write(path, written);
+        }
+        Ok(set)
+    }
+
+    fn record_failure(&self, err: &SourceError, now: Instant) {
         let mut state = self.lock_state();
         state.attempts += 1;
-        match result {
-            Ok((set, ttl)) => {
-                let set = Arc::new(set);
-                log_key_changes(&self.url, state.keys.as_deref(), &set, ttl, now - started);
-                state.keys = Some(Arc::clone(&set));
-                state.keys_fetch_started = Some(started);
-                state.refresh_at = Some(later(now, ttl - ttl / 4));
-                state.fresh_until = Some(later(now, ttl));
-                state.usable_until = Some(later(now, ttl.saturating_add(self.config.max_staleness)));
-                state.failures = 0;
-                state.last_error = None;
-                state.next_attempt = None;
-                state.stale_warned = false;
-                Ok(set)
+        state.failures = state.failures.saturating_add(1);
+        let shift = state.failures.saturating_sub(1).min(16);
+        let wait = self
+            .config
+            .retry_interval
+            .saturating_mul(1 << shift)
+            .min(MAX_RETRY_INTERVAL.max(self.config.retry_interval));
+        state.next_attempt = Some(later(now, wait));
+        state.last_error = Some(err.to_string());
+        let keeps_keys = state.usable_keys(now).is_some();
+        tracing::warn!(url = %self.url, error = %err, failures = state.failures, retry_in_ms = wait.as_millis() as u64, keeps_cached_keys = keeps_keys, "JWKS fetch failed");
+    }
+
+    /// Loads the snapshot file when the cache has never held keys, once.
+    /// The caller holds the fetch gate, so no fetch can store keys meanwhile.
+    async fn load_snapshot_after_first_failure(&self) {
+        let Some(path) = &self.snapshot else {
+            return;
+        };
+        {
+            let mut state = self.lock_state();
+            if state.snapshot_tried || state.keys.is_some() {
+                return;
             }
-            Err(err) => {
-                state.failures = state.failures.saturating_add(1);
-                let shift = state.failures.saturating_sub(1).min(16);
-                let wait = self
-                    .config
-                    .retry_interval
-                    .saturating_mul(1 << shift)
-                    .min(MAX_RETRY_INTERVAL.max(self.config.retry_interval));
-                state.next_attempt = Some(later(now, wait));
-                state.last_error = Some(err.to_string());
-                let keeps_keys = state.usable_keys(now).is_some();
-                tracing::warn!(url = %self.url, error = %err, failures = state.failures, retry_in_ms = wait.as_millis() as u64, keeps_cached_keys = keeps_keys, "JWKS fetch failed");
-                match state.usable_keys(now) {
-                    Some(keys) => Ok(keys),
-                    None => Err(self.unavailable(&state)),
+            state.snapshot_tried = true;
+        }
+
+        let loaded = match snapshot::read(path, self.url.as_str(), self.config.max_response_bytes).await {
+            Ok(loaded) => loaded,
+            Err(reason) => {
+                tracing::warn!(url = %self.url, path = %path.display(), reason = %reason, "cannot use the JWKS snapshot");
+                return;
+            }
+        };
+        let age = loaded.age();
+        let Some(remaining) = loaded.ttl.saturating_add(self.config.max_staleness).checked_sub(age) else {
+            tracing::warn!(url = %self.url, path = %path.display(), age_s = age.as_secs(), "JWKS snapshot is older than its time to live plus the maximum staleness; not using it");
+            return;
+        };
+
+        let now = Instant::now();
+        let kids: Vec<&str> = loaded.set.keys().iter().map(|key| key.kid()).collect();
+        tracing::warn!(url = %self.url, path = %path.display(), age_s = age.as_secs(), kids = ?kids, "verifying with the last-good JWKS snapshot until a fetch succeeds");
+        metrics::counter!("trustwire_jwks_snapshot_loads_total").increment(1);
+
+        let mut state = self.lock_state();
+        state.keys = Some(Arc::new(loaded.set));
+        state.keys_fetch_started = None;
+        state.refresh_at = Some(now);
+        state.fresh_until = Some(now);
+        state.usable_until = Some(later(now, remaining));
+        // The warning above already said that these keys are stale.
+        state.stale_warned = true;
+    }
+
+    fn log_snapshot_write(&self, path: &Path, written: Result<(), String>) {
+        let mut state = self.lock_state();
+        match written {
+            Ok(()) => {
+                if state.snapshot_write_failed {
+                    tracing::info!(url = %self.url, path = %path.display(), "JWKS snapshot written again");
                 }
+                state.snapshot_write_failed = false;
+            }
+            Err(reason) => {
+                metrics::counter!("trustwire_jwks_snapshot_write_failures_total").increment(1);
+                if !state.snapshot_write_failed {
+                    tracing::warn!(url = %self.url, path = %path.display(), reason = %reason, "cannot write the JWKS snapshot; a restart during an outage would find no keys");
+                }
+                state.snapshot_write_failed = true;
             }
         }
     }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -145,6 +146,40 @@ impl TrustStore {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Fetches every remote source now, even within its time to live: the
+    /// step after an issuer revoked a key, so this verifier drops it at once.
+    ///
+    /// Each fetch starts after the call, so keys removed from a JWKS before
+    /// the call stop verifying when it returns `Ok`. Returns the first error;
+    /// other sources are still fetched, and a source whose fetch failed keeps
+    /// its cached keys, revoked ones included. See
+    /// [`RemoteJwks::force_refresh`].
+    pub async fn refresh_all(&self) -> Result<(), SourceError> {
+        let mut first_error = None;
+        for (issuer, source) in &self.issuers {
+            let KeySource::Remote(remote) = source else {
+                continue;
+            };
+            if let Err(err) = remote.force_refresh().await {
+                tracing::warn!(iss = %issuer, error = %err, "forced JWKS refresh failed; the cached keys stay in use");
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Caps the time to live of every remote source at `cap`, or lifts the
+    /// cap with `None`; see [`RemoteJwks::set_ttl_cap`]. During an incident,
+    /// a short cap bounds how long any key removed from a JWKS keeps
+    /// verifying here.
+    pub fn set_ttl_cap(&self, cap: Option<Duration>) {
+        for source in self.issuers.values() {
+            if let KeySource::Remote(remote) = source {
+                remote.set_ttl_cap(cap);
+            }
+        }
     }
 
     /// Finds the key `kid` and its owner.
