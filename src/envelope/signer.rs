@@ -1,6 +1,8 @@
 //! Signing tokens.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -71,9 +73,54 @@ struct SignerInner {
     key: SigningKey,
     /// base64url of the protected header, computed once.
     header_b64: String,
+    alg: Algorithm,
+    /// The key set by [`Signer::replace_key`], which signs instead of `key`.
+    replacement: RwLock<Option<Arc<Replacement>>>,
+    /// Whether `replacement` is set, read first so that a signer whose key
+    /// was never replaced takes no lock.
+    replaced: AtomicBool,
     ttl: Duration,
     max_ttl: Duration,
     clock: Arc<dyn Clock>,
+}
+
+/// A key that replaced the signer's first key.
+#[derive(Debug)]
+struct Replacement {
+    key: SigningKey,
+    kid: &'static str,
+    header_b64: String,
+}
+
+impl SignerInner {
+    fn replacement(&self) -> Option<Arc<Replacement>> {
+        if !self.replaced.load(Ordering::Acquire) {
+            return None;
+        }
+        self.replacement.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+fn header_b64(alg: Algorithm, kid: &str) -> String {
+    let header = format!(r#"{{"alg":"{}","kid":"{}","typ":"{}"}}"#, alg.name(), kid, TOKEN_TYP);
+    b64_encode(header.as_bytes())
+}
+
+/// Returns `kid` with a `'static` lifetime, so that [`Signer::kid`] keeps
+/// returning `&str` although the key can be replaced.
+///
+/// NOTE: each distinct kid is leaked once, about 43 bytes for a thumbprint,
+/// so the memory grows with the number of keys a process switches to over
+/// its life, not with the number of tokens or switches.
+fn intern_kid(kid: &str) -> &'static str {
+    static KIDS: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut kids = KIDS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(interned) = kids.get(kid) {
+        return interned;
+    }
+    let interned: &'static str = Box::leak(kid.to_owned().into_boxed_str());
+    kids.insert(interned);
+    interned
 }
 
 /// Options of a [`Signer`].
@@ -117,18 +164,15 @@ impl SignerBuilder {
     /// Builds the signer.
     pub fn build(self) -> Result<Signer, SignError> {
         check_ttl(self.ttl, self.max_ttl)?;
-        let header = format!(
-            r#"{{"alg":"{}","kid":"{}","typ":"{}"}}"#,
-            self.alg.name(),
-            self.key.kid(),
-            TOKEN_TYP
-        );
         tracing::info!(iss = %self.service, kid = self.key.kid(), alg = self.alg.name(), "signer ready");
         Ok(Signer {
             inner: Arc::new(SignerInner {
                 service: self.service,
-                header_b64: b64_encode(header.as_bytes()),
+                header_b64: header_b64(self.alg, self.key.kid()),
                 key: self.key,
+                alg: self.alg,
+                replacement: RwLock::new(None),
+                replaced: AtomicBool::new(false),
                 ttl: self.ttl,
                 max_ttl: self.max_ttl,
                 clock: self.clock,
@@ -174,7 +218,34 @@ impl Signer {
 
     /// The `kid` of the signing key.
     pub fn kid(&self) -> &str {
-        self.inner.key.kid()
+        match self.inner.replacement() {
+            Some(replacement) => replacement.kid,
+            None => self.inner.key.kid(),
+        }
+    }
+
+    /// Signs every later token, in this signer and all its clones, with
+    /// `key` instead of the current key: how a running service follows a key
+    /// rotation. Tokens being signed during the call use either key.
+    ///
+    /// [`crate::keys::KeyDirWatcher`] calls it when the active key of a key
+    /// directory changes.
+    pub fn replace_key(&self, key: SigningKey) {
+        let old_kid = self.kid();
+        if key.kid() == old_kid {
+            return;
+        }
+        let replacement = Replacement {
+            kid: intern_kid(key.kid()),
+            header_b64: header_b64(self.inner.alg, key.kid()),
+            key,
+        };
+        let new_kid = replacement.kid;
+
+        *self.inner.replacement.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(replacement));
+        self.inner.replaced.store(true, Ordering::Release);
+        metrics::counter!("trustwire_signer_key_replacements_total").increment(1);
+        tracing::info!(iss = %self.inner.service, old_kid, kid = new_kid, "signer switched to a new key");
     }
 
     /// Starts a token for `audience`.
@@ -268,6 +339,11 @@ impl<'a> TokenBuilder<'a> {
     /// Signs and returns the compact JWS.
     pub fn sign(self) -> Result<String, SignError> {
         let inner = &self.signer.inner;
+        let replacement = inner.replacement();
+        let (key, header_b64) = match &replacement {
+            Some(replacement) => (&replacement.key, &replacement.header_b64),
+            None => (&inner.key, &inner.header_b64),
+        };
         let ttl = self.ttl.unwrap_or(inner.ttl);
         check_ttl(ttl, inner.max_ttl)?;
         if let Some(subject) = self.subject {
@@ -303,16 +379,16 @@ impl<'a> TokenBuilder<'a> {
         };
         let claims_json = serde_json::to_vec(&claims).map_err(|err| SignError::Encoding(err.to_string()))?;
 
-        let mut token = String::with_capacity(inner.header_b64.len() + claims_json.len() * 4 / 3 + 90);
-        token.push_str(&inner.header_b64);
+        let mut token = String::with_capacity(header_b64.len() + claims_json.len() * 4 / 3 + 90);
+        token.push_str(header_b64);
         token.push('.');
         token.push_str(&b64_encode(&claims_json));
-        let signature = inner.key.sign(token.as_bytes());
+        let signature = key.sign(token.as_bytes());
         token.push('.');
         token.push_str(&b64_encode(&signature));
 
         metrics::counter!("trustwire_signed_total").increment(1);
-        tracing::trace!(iss = %inner.service, kid = inner.key.kid(), jti = %jti, "signed token");
+        tracing::trace!(iss = %inner.service, kid = key.kid(), jti = %jti, "signed token");
         Ok(token)
     }
 }

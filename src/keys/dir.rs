@@ -9,7 +9,9 @@
 //! ```
 //!
 //! A manifest entry without `use` is a signing key, so directories created
-//! before encryption keys existed still open.
+//! before encryption keys existed still open. An entry's schedule
+//! (`activate_at`, `retire_at`, `remove_at`, `revoked_at`) is absent until
+//! a rotation or revocation sets it; `lifecycle` describes the states.
 
 use std::fs;
 use std::io::Write;
@@ -19,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::lifecycle::{KeyState, Schedule, state_at};
 use super::{EncryptionKey, KeyError, SigningKey};
 use crate::identity::ServiceId;
 use crate::jwks::JwkSet;
@@ -26,23 +29,10 @@ use crate::jwks::JwkSet;
 const MANIFEST: &str = "keys.json";
 const JWKS_FILE: &str = "jwks.json";
 
-/// The lifecycle state of a key in a key directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum KeyState {
-    /// Published in the JWKS but not yet signing.
-    Next,
-    /// Signing and published.
-    Active,
-    /// No longer signing; published until the last token it signed expires.
-    Retired,
-}
-
 /// What a key is for: the JWK `use` member.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum KeyUse {
+pub(super) enum KeyUse {
     /// Signs tokens.
     #[default]
     Sig,
@@ -57,32 +47,38 @@ impl KeyUse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Manifest {
-    service: ServiceId,
-    keys: Vec<ManifestEntry>,
+pub(super) struct Manifest {
+    pub(super) service: ServiceId,
+    pub(super) keys: Vec<ManifestEntry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ManifestEntry {
-    kid: String,
+pub(super) struct ManifestEntry {
+    pub(super) kid: String,
     /// Absent (signing) in manifests written before encryption keys existed.
     #[serde(rename = "use", default, skip_serializing_if = "KeyUse::is_sig")]
-    key_use: KeyUse,
-    state: KeyState,
+    pub(super) key_use: KeyUse,
+    /// The state when the manifest was written; the state now also depends
+    /// on `schedule` and the clock.
+    pub(super) state: KeyState,
     /// Unix time in seconds.
-    created_at: u64,
+    pub(super) created_at: u64,
+    #[serde(flatten)]
+    pub(super) schedule: Schedule,
 }
 
 /// A service's key directory, opened and checked.
 #[derive(Debug)]
 pub struct KeyDir {
-    path: PathBuf,
-    manifest: Manifest,
-    active: SigningKey,
-    published: Vec<SigningKey>,
+    pub(super) path: PathBuf,
+    pub(super) manifest: Manifest,
+    /// The signing key that is active now.
+    pub(super) active: SigningKey,
+    /// The next and retired signing keys, which are published but do not sign.
+    pub(super) published: Vec<SigningKey>,
     /// Encryption keys, the active one first; empty for a directory created
     /// before encryption keys existed.
-    encryption: Vec<EncryptionKey>,
+    pub(super) encryption: Vec<EncryptionKey>,
 }
 
 impl KeyDir {
@@ -128,12 +124,14 @@ impl KeyDir {
                     key_use: KeyUse::Sig,
                     state: KeyState::Active,
                     created_at,
+                    schedule: Schedule::default(),
                 },
                 ManifestEntry {
                     kid: encryption_key.kid().to_owned(),
                     key_use: KeyUse::Enc,
                     state: KeyState::Active,
                     created_at,
+                    schedule: Schedule::default(),
                 },
             ],
         };
@@ -159,6 +157,11 @@ impl KeyDir {
 
     /// Opens a key directory and loads its keys, checking that each private
     /// key file is readable by its owner only.
+    ///
+    /// Each key's state is the one its schedule gives for the current time,
+    /// which may be ahead of the state written in `keys.json`: a next key
+    /// whose `activate_at` has passed loads as the active key. Removed and
+    /// revoked keys are not loaded.
     pub fn open(dir: &Path) -> Result<Self, KeyError> {
         let manifest_path = dir.join(MANIFEST);
         let text = fs::read(&manifest_path).map_err(|source| match source.kind() {
@@ -183,17 +186,22 @@ impl KeyDir {
             path: dir.to_owned(),
             reason: format!("the key file for {:?} holds the key {found:?}", entry.kid),
         };
+        let now = unix_now();
         let mut active = None;
         let mut published = Vec::new();
         let mut active_encryption = None;
         let mut other_encryption = Vec::new();
         for entry in &manifest.keys {
+            let state = state_at(entry.state, &entry.schedule, now);
+            if !state.is_published() {
+                continue;
+            }
             if entry.key_use == KeyUse::Enc {
                 let key = load_encryption_key(&key_path(dir, &entry.kid))?;
                 if key.kid() != entry.kid {
                     return Err(mismatch(entry, key.kid()));
                 }
-                match entry.state {
+                match state {
                     KeyState::Active if active_encryption.is_none() => active_encryption = Some(key),
                     KeyState::Active => {
                         return Err(KeyError::InvalidKeyDir {
@@ -210,7 +218,7 @@ impl KeyDir {
             if key.kid() != entry.kid {
                 return Err(mismatch(entry, key.kid()));
             }
-            match entry.state {
+            match state {
                 KeyState::Active if active.is_none() => active = Some(key),
                 KeyState::Active => {
                     return Err(KeyError::InvalidKeyDir {
@@ -242,11 +250,9 @@ impl KeyDir {
     ///
     /// Fails if the directory already has an active encryption key.
     pub fn add_encryption_key(&mut self) -> Result<&EncryptionKey, KeyError> {
-        let has_active = self
-            .manifest
-            .keys
-            .iter()
-            .any(|entry| entry.key_use == KeyUse::Enc && entry.state == KeyState::Active);
+        let has_active = self.manifest.keys.iter().any(|entry| {
+            entry.key_use == KeyUse::Enc && state_at(entry.state, &entry.schedule, unix_now()) == KeyState::Active
+        });
         if has_active {
             return Err(KeyError::InvalidKeyDir {
                 path: self.path.clone(),
@@ -261,6 +267,7 @@ impl KeyDir {
             key_use: KeyUse::Enc,
             state: KeyState::Active,
             created_at: unix_now(),
+            schedule: Schedule::default(),
         });
         self.encryption.insert(0, key);
         self.write_manifest()?;
@@ -321,12 +328,12 @@ impl KeyDir {
         self.path.join(JWKS_FILE)
     }
 
-    fn write_jwks(&self) -> Result<(), KeyError> {
+    pub(super) fn write_jwks(&self) -> Result<(), KeyError> {
         let text = self.jwks().to_json_pretty();
         write_file(&self.jwks_path(), text.as_bytes(), 0o644)
     }
 
-    fn write_manifest(&self) -> Result<(), KeyError> {
+    pub(super) fn write_manifest(&self) -> Result<(), KeyError> {
         let text = serde_json::to_vec_pretty(&self.manifest).map_err(|err| KeyError::InvalidKeyDir {
             path: self.path.clone(),
             reason: err.to_string(),
@@ -335,7 +342,7 @@ impl KeyDir {
     }
 }
 
-fn key_path(dir: &Path, kid: &str) -> PathBuf {
+pub(super) fn key_path(dir: &Path, kid: &str) -> PathBuf {
     dir.join(format!("{kid}.jwk"))
 }
 
@@ -376,7 +383,7 @@ fn name_file(err: KeyError, path: &Path) -> KeyError {
 }
 
 /// Writes a file atomically (temporary file, then rename) with `mode`.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
+pub(super) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
@@ -397,7 +404,7 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
     fs::rename(&tmp, path).map_err(io)
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

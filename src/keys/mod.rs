@@ -3,6 +3,7 @@
 mod algorithm;
 mod dir;
 mod encryption;
+mod lifecycle;
 mod public;
 mod signing;
 mod thumbprint;
@@ -10,9 +11,13 @@ mod thumbprint;
 use std::path::PathBuf;
 
 pub use algorithm::Algorithm;
-pub use dir::{KeyDir, KeyState};
+pub use dir::KeyDir;
 pub use encryption::{EncryptionCurve, EncryptionKey, EncryptionPublicKey, KEY_MANAGEMENT_ALG};
 pub(crate) use encryption::{ParsedEncryptionJwk, Point};
+pub use lifecycle::{
+    DEFAULT_PRE_PUBLISH, DEFAULT_RELOAD_INTERVAL, DEFAULT_RETENTION, KeyDirWatcher, KeyRecord, KeyState, Revocation,
+    Rotation, Transition, reload_signer,
+};
 pub(crate) use public::ParsedJwk;
 pub use public::PublicKey;
 pub use signing::SigningKey;
