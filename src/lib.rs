@@ -39,6 +39,7 @@
 //! for the wire format.
 
 pub mod clock;
+pub mod config;
 mod encoding;
 pub mod envelope;
 pub mod identity;
