@@ -21,6 +21,7 @@ use lapin::{Acker, BasicProperties, Channel, Connection, Consumer};
 use super::channel_binding;
 use super::dead_letter::{DeadLetter, Disposition, Rejected, dead_letter};
 use super::headers::{HANDLER_ERROR_HEADER, REJECTED_HEADER, token_from};
+use super::settle::{Settle, settle};
 use crate::envelope::{Claims, Expected, Reason, Rejection, Verified, Verifier};
 
 /// Default prefetch count of a channel the consumer opens itself.
@@ -53,6 +54,11 @@ pub enum ConsumeError {
     /// The consumer options are invalid.
     #[error("invalid consumer options: {0}")]
     Config(String),
+
+    /// The task verifying a delivery panicked or was cancelled; the delivery
+    /// stays unacknowledged until the channel closes.
+    #[error("verifying a delivery failed unexpectedly: {0}")]
+    Internal(String),
 }
 
 /// Counts of what a consumer did, since it started.
@@ -211,6 +217,23 @@ impl Shared {
             .await
     }
 
+    /// Verifies `delivery`: returns it when its token verifies, and handles
+    /// it as rejected otherwise. After a dead-lettering failure the channel
+    /// is closed, so every unacknowledged delivery goes back to the queue.
+    async fn process(self: Arc<Self>, delivery: Delivery) -> Result<Option<VerifiedDelivery>, ConsumeError> {
+        let rejection = match self.verify(&delivery).await {
+            Ok(verified) => return Ok(Some(VerifiedDelivery::new(delivery, verified, Arc::clone(&self)))),
+            Err(rejection) => rejection,
+        };
+        if let Err(err) = self.reject(&delivery, &rejection).await {
+            if matches!(err, ConsumeError::DeadLetter(_)) {
+                self.stop(&err).await;
+            }
+            return Err(err);
+        }
+        Ok(None)
+    }
+
     /// Decides what happens to a rejected delivery, does it and logs it.
     async fn reject(&self, delivery: &Delivery, rejection: &Rejection) -> Result<(), ConsumeError> {
         self.stats()
@@ -222,7 +245,7 @@ impl Shared {
         // A key source or replay store that is down is not the sender's
         // fault: one more attempt later may verify.
         let disposition = if rejection.reason().is_transient() && !delivery.redelivered {
-            requeue(&delivery.acker).await?;
+            settle(&self.channel, &delivery.acker, Settle::Requeue).await?;
             Disposition::Requeued
         } else {
             let rejected = Rejected {
@@ -275,8 +298,6 @@ impl Shared {
         }
     }
 
-    /// Closes the channel after a dead-lettering failure, so every
-    /// unacknowledged delivery goes back to the queue.
     async fn stop(&self, error: &ConsumeError) {
         tracing::error!(aud = %self.verifier.audience(), error = %error, "AMQP consumer stopped: closing its channel so unacknowledged deliveries are requeued");
         if let Err(err) = self
@@ -290,17 +311,6 @@ impl Shared {
             tracing::warn!(error = %err, "closing the consumer's channel failed");
         }
     }
-}
-
-async fn requeue(acker: &Acker) -> Result<(), ConsumeError> {
-    let options = BasicNackOptions {
-        multiple: false,
-        requeue: true,
-    };
-    if !acker.nack(options).await? {
-        return Err(ConsumeError::ChannelClosed);
-    }
-    Ok(())
 }
 
 /// Consumes a queue on a lapin channel, verifying every delivery's
@@ -382,6 +392,10 @@ impl VerifyingConsumer {
     /// or by the broker, when the queue is deleted) and its prefetched
     /// deliveries are drained, and after a [`ConsumeError::DeadLetter`].
     /// A connection failure comes out as [`ConsumeError::Amqp`], then `None`.
+    ///
+    /// The future may be dropped at any point, in a `select!` say: the
+    /// delivery being handled is still settled, and one that verified is
+    /// requeued.
     pub async fn next(&mut self) -> Option<Result<VerifiedDelivery, ConsumeError>> {
         if self.stopped {
             return None;
@@ -392,16 +406,21 @@ impl VerifyingConsumer {
                 Err(err) => return Some(Err(err.into())),
             };
 
-            let rejection = match self.shared.verify(&delivery).await {
-                Ok(verified) => return Some(Ok(VerifiedDelivery::new(delivery, verified, Arc::clone(&self.shared)))),
-                Err(rejection) => rejection,
-            };
-            if let Err(err) = self.shared.reject(&delivery, &rejection).await {
-                if matches!(err, ConsumeError::DeadLetter(_)) {
-                    self.stopped = true;
-                    self.shared.stop(&err).await;
+            // Each delivery is verified and settled in its own task, so that
+            // dropping this future (a `select!` on shutdown) never leaves a
+            // delivery half handled. A verified delivery whose caller is gone
+            // is dropped, which requeues it.
+            let task = tokio::spawn(Arc::clone(&self.shared).process(delivery));
+            match task.await {
+                Ok(Ok(Some(verified))) => return Some(Ok(verified)),
+                Ok(Ok(None)) => {}
+                Ok(Err(err)) => {
+                    if matches!(err, ConsumeError::DeadLetter(_)) {
+                        self.stopped = true;
+                    }
+                    return Some(Err(err));
                 }
-                return Some(Err(err));
+                Err(err) => return Some(Err(ConsumeError::Internal(err.to_string()))),
             }
         }
     }
@@ -525,18 +544,14 @@ impl VerifiedDelivery {
     /// and that redelivery must verify.
     pub async fn ack(mut self) -> Result<(), ConsumeError> {
         self.settled = true;
-        match self.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => {
+        match settle(&self.shared.channel, &self.acker, Settle::Ack).await {
+            Ok(()) => {
                 self.shared.stats().acked += 1;
                 Ok(())
             }
-            Ok(false) => {
-                self.shared.verifier.forget(&self.verified).await;
-                Err(ConsumeError::ChannelClosed)
-            }
             Err(err) => {
                 self.shared.verifier.forget(&self.verified).await;
-                Err(err.into())
+                Err(err)
             }
         }
     }
@@ -573,7 +588,7 @@ impl VerifiedDelivery {
             )
             .await?
         } else {
-            requeue(&self.acker).await?;
+            settle(&shared.channel, &self.acker, Settle::Requeue).await?;
             Disposition::Requeued
         };
         shared.count(disposition);
@@ -615,7 +630,7 @@ impl Drop for VerifiedDelivery {
         let acker = self.acker.clone();
         runtime.spawn(async move {
             shared.verifier.forget(&verified).await;
-            if let Err(err) = requeue(&acker).await {
+            if let Err(err) = settle(&shared.channel, &acker, Settle::Requeue).await {
                 tracing::warn!(error = %err, "requeuing a dropped delivery failed; it returns to the queue when the channel closes");
             }
         });

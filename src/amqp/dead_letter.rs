@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Acker, BasicProperties, Channel, Confirmation};
 
@@ -12,6 +12,7 @@ use super::headers::{
     CONSUMER_HEADER, HEADERS_DROPPED_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, header_frame_len,
     with_long_string,
 };
+use super::settle::{Settle, bounded, settle};
 
 /// Where a consumer sends the deliveries it rejects.
 ///
@@ -116,9 +117,7 @@ pub(crate) async fn dead_letter(
 ) -> Result<Disposition, ConsumeError> {
     let (exchange, routing_key) = match dead_letter {
         DeadLetter::QueueDeadLetterExchange => {
-            if !acker.reject(BasicRejectOptions { requeue: false }).await? {
-                return Err(ConsumeError::ChannelClosed);
-            }
+            settle(channel, acker, Settle::DeadLetterInQueue).await?;
             return Ok(Disposition::QueueDeadLettered);
         }
         DeadLetter::Exchange { exchange, routing_key } => {
@@ -133,10 +132,10 @@ pub(crate) async fn dead_letter(
         mandatory: true,
         immediate: false,
     };
-    let confirmation = channel
+    let confirm = channel
         .basic_publish(exchange_name, routing_key_name, options, rejected.payload, properties)
-        .await?
         .await?;
+    let confirmation = bounded(confirm).await?;
 
     match confirmation {
         Confirmation::Ack(None) => {}
@@ -158,9 +157,7 @@ pub(crate) async fn dead_letter(
         }
     }
 
-    if !acker.ack(BasicAckOptions::default()).await? {
-        return Err(ConsumeError::ChannelClosed);
-    }
+    settle(channel, acker, Settle::Ack).await?;
     Ok(Disposition::DeadLettered)
 }
 

@@ -15,6 +15,7 @@ mod consumer;
 mod dead_letter;
 mod headers;
 mod publisher;
+mod settle;
 
 pub use consumer::{
     ConsumeError, ConsumerBuilder, ConsumerStats, DEFAULT_PREFETCH, VerifiedDelivery, VerifiedMessage,

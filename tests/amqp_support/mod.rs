@@ -362,9 +362,8 @@ pub fn close_connection_on_server(name: &str) {
                 "list_connections",
                 "pid",
                 "client_properties",
-                "--formatter",
-                "json",
                 "--quiet",
+                "--no-table-headers",
             ])
             .output()
             .expect("rabbitmqctl must be installed to close a connection from the server side");
@@ -373,11 +372,13 @@ pub fn close_connection_on_server(name: &str) {
             "rabbitmqctl list_connections failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let listing: serde_json::Value = serde_json::from_slice(&output.stdout).expect("rabbitmqctl prints JSON");
-        let pid = listing.as_array().into_iter().flatten().find_map(|connection| {
-            let named = connection["client_properties"].to_string().contains(name);
-            named.then(|| connection["pid"].as_str().map(str::to_owned)).flatten()
-        });
+        // Each line is the pid, a tab, then the client properties.
+        let listing = String::from_utf8_lossy(&output.stdout);
+        let pid = listing
+            .lines()
+            .find(|line| line.contains(name))
+            .and_then(|line| line.split('\t').next())
+            .map(str::to_owned);
         if let Some(pid) = pid {
             let status = Command::new("rabbitmqctl")
                 .args(["close_connection", &pid, "closed by a trustwire test", "--quiet"])
