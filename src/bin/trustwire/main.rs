@@ -10,6 +10,7 @@ mod jwks;
 mod keydir;
 mod keygen;
 mod output;
+mod seal;
 mod sign;
 mod verify;
 
@@ -21,9 +22,10 @@ use tracing_subscriber::EnvFilter;
 use crate::output::print_stderr_line;
 
 /// Log filter of the short commands: warnings only, so stdout carries only
-/// the result. The verifier's own warning for each rejection is dropped
-/// because `verify` prints the rejection itself.
-const QUIET_LOG_FILTER: &str = "warn,trustwire::envelope::verifier=error";
+/// the result. The verifier's and the opener's own warning for each
+/// rejection is dropped because `verify` and `open` print the rejection
+/// themselves.
+const QUIET_LOG_FILTER: &str = "warn,trustwire::envelope::verifier=error,trustwire::seal::opener=error";
 
 /// Log filter of `jwks serve`, which logs its start, reloads and stop.
 const SERVER_LOG_FILTER: &str = "info";
@@ -58,6 +60,12 @@ enum Command {
     /// Decode a token's header and claims WITHOUT verifying them
     Inspect(inspect::InspectArgs),
 
+    /// Encrypt a payload to recipient services (JWE) and sign a token over it
+    Seal(seal::SealArgs),
+
+    /// Verify a sealed message's token, decrypt the JWE and print the plaintext
+    Open(seal::OpenArgs),
+
     /// Serve the forward-auth endpoint for nginx, Traefik and Kong (feature `http`)
     #[cfg(feature = "http")]
     Gateway(gateway::GatewayArgs),
@@ -80,6 +88,8 @@ fn main() -> ExitCode {
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Seal(args) => seal::run_seal(args),
+        Command::Open(args) => seal::run_open(args),
         #[cfg(feature = "http")]
         Command::Gateway(args) => gateway::run(args),
     };
