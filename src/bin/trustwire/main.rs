@@ -8,6 +8,7 @@ mod input;
 mod inspect;
 mod jwks;
 mod keydir;
+mod keys;
 mod keygen;
 mod output;
 mod seal;
@@ -51,6 +52,10 @@ enum Command {
     #[command(subcommand)]
     Jwks(jwks::JwksCommand),
 
+    /// Rotate, list, advance and revoke the keys of a key directory
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+
     /// Sign a token bound to a channel or HTTP request and print it
     Sign(sign::SignArgs),
 
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen(args) => keygen::run(args),
         Command::Jwks(command) => jwks::run(command),
+        Command::Keys(command) => keys::run(command),
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Inspect(args) => inspect::run(args),

@@ -1,0 +1,398 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `trustwire keys rotate`, `list`, `advance` and `revoke` run as child
+//! processes against a running `trustwire jwks serve`, the way an operator
+//! uses them from a shell.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_trustwire");
+const CHANNEL: &str = "nats:orders.created";
+
+fn trustwire<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    assert_cmd::Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_success(output: &Output) {
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(output),
+        stderr(output)
+    );
+}
+
+fn dir_arg(dir: &Path) -> String {
+    dir.display().to_string()
+}
+
+/// Runs `keygen` and returns the kid it printed.
+fn keygen(dir: &Path) -> String {
+    let output = trustwire(["keygen", "--service", "orders", "--dir", &dir_arg(dir)]);
+    assert_success(&output);
+    let text = stdout(&output);
+    text.lines()
+        .find_map(|line| line.strip_prefix("kid: "))
+        .unwrap()
+        .to_owned()
+}
+
+/// Runs `keys list --json` and returns (kid, state) of each signing key.
+fn signing_states(dir: &Path) -> Vec<(String, String)> {
+    let output = trustwire(["keys", "list", "--json", "--dir", &dir_arg(dir)]);
+    assert_success(&output);
+    let rows: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["use"] == "sig")
+        .map(|row| {
+            (
+                row["kid"].as_str().unwrap().to_owned(),
+                row["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Returns the time `field` (such as `activate_at`) of key `kid`, in Unix
+/// seconds, from `keys list --json`.
+fn time_of(dir: &Path, kid: &str, field: &str) -> u64 {
+    let output = trustwire(["keys", "list", "--json", "--dir", &dir_arg(dir)]);
+    assert_success(&output);
+    let rows: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|row| row["kid"] == kid).unwrap();
+    row[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{kid} has no {field}: {row}"))
+}
+
+/// Sleeps until 100 ms into Unix second `at`.
+fn sleep_until_unix(at: u64) {
+    let target = UNIX_EPOCH + Duration::from_secs(at) + Duration::from_millis(100);
+    if let Ok(wait) = target.duration_since(SystemTime::now()) {
+        thread::sleep(wait);
+    }
+}
+
+/// Signs a token for `payments` on [`CHANNEL`] with the directory's active key.
+fn sign(dir: &Path) -> String {
+    let output = trustwire([
+        "sign",
+        "--audience",
+        "payments",
+        "--channel",
+        CHANNEL,
+        "--dir",
+        &dir_arg(dir),
+    ]);
+    assert_success(&output);
+    stdout(&output).trim_end().to_owned()
+}
+
+/// Verifies `token` against the served JWKS in a fresh process, so with no
+/// cache: returns the output.
+fn verify(url: &str, token: &str) -> Output {
+    trustwire([
+        "verify",
+        "--trust",
+        &format!("orders={url}"),
+        "--audience",
+        "payments",
+        "--channel",
+        CHANNEL,
+        token,
+    ])
+}
+
+/// A `jwks serve` child process on 127.0.0.1 with a free port; killed on drop.
+struct JwksServer {
+    child: Child,
+    url: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl JwksServer {
+    fn start(dir: &Path) -> Self {
+        let mut child = std::process::Command::new(BIN)
+            .args(["jwks", "serve", "--listen", "127.0.0.1:0", "--max-age", "1", "--dir"])
+            .arg(dir)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut child_stderr = child.stderr.take().unwrap();
+        let collected = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(count) = child_stderr.read(&mut buffer) {
+                if count == 0 {
+                    break;
+                }
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..count]));
+            }
+        });
+
+        let child_stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(child_stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        let line = receiver.recv_timeout(Duration::from_secs(30));
+        let mut server = Self {
+            child,
+            url: String::new(),
+            stderr,
+        };
+        let line =
+            line.unwrap_or_else(|_| panic!("jwks serve printed no line within 30 s; stderr: {}", server.stderr()));
+        server.url = line
+            .trim_end()
+            .strip_prefix("serving JWKS of orders at ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}; stderr: {}", server.stderr()))
+            .to_owned();
+        server
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Polls the served set until its signature kids equal `expected`.
+    fn wait_for_kids(&self, expected: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let served = served_signing_kids(&self.url);
+            if served == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server still serves {served:?}, not {expected:?}, 10 s after jwks.json changed; stderr: {}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GETs the served JWKS and returns the kids of its signature keys.
+fn served_signing_kids(url: &str) -> Vec<String> {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = TcpStream::connect(authority).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    let document: Value = serde_json::from_str(body).unwrap();
+    document["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|key| key["crv"] == "Ed25519")
+        .map(|key| key["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn key_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("orders");
+    (tmp, dir)
+}
+
+#[test]
+fn rotate_list_advance_against_server() {
+    let (_tmp, dir) = key_dir();
+    let first = keygen(&dir);
+    let server = JwksServer::start(&dir);
+    server.wait_for_kids(&[&first]);
+    let old_token = sign(&dir);
+
+    // A delay of at least the verifiers' cache age: no warning.
+    let output = trustwire([
+        "keys",
+        "rotate",
+        "--dir",
+        &dir_arg(&dir),
+        "--pre-publish",
+        "2",
+        "--max-cache-age",
+        "1",
+        "--retain",
+        "2",
+    ]);
+    assert_success(&output);
+    assert!(stderr(&output).is_empty(), "no warning expected: {}", stderr(&output));
+    let report = stdout(&output);
+    let second = report
+        .lines()
+        .find_map(|line| line.strip_prefix("next key: "))
+        .unwrap()
+        .to_owned();
+    assert!(report.contains(&format!("retiring key: {first}")), "{report}");
+    server.wait_for_kids(&[&first, &second]);
+    assert_eq!(
+        signing_states(&dir),
+        vec![(first.clone(), "active".into()), (second.clone(), "next".into())]
+    );
+
+    // A second rotation must wait until the next key is active.
+    let output = trustwire(["keys", "rotate", "--dir", &dir_arg(&dir)]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("is not active yet"), "{}", stderr(&output));
+
+    // The table shows the states and times.
+    let output = trustwire(["keys", "list", "--dir", &dir_arg(&dir)]);
+    assert_success(&output);
+    let table = stdout(&output);
+    assert!(table.contains("STATE"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|line| line.starts_with(&second) && line.contains(" next ")),
+        "{table}"
+    );
+
+    // After the delay the new key signs with no command run, and the old
+    // token still verifies: the retired key stays published.
+    sleep_until_unix(time_of(&dir, &second, "activate_at"));
+    assert_eq!(
+        signing_states(&dir),
+        vec![(first.clone(), "retired".into()), (second.clone(), "active".into())]
+    );
+    let new_token = sign(&dir);
+    assert_success(&verify(&server.url, &new_token));
+    assert_success(&verify(&server.url, &old_token));
+
+    // After the retention, advance removes the old key from the served set.
+    sleep_until_unix(time_of(&dir, &first, "remove_at"));
+    let output = trustwire(["keys", "advance", "--dir", &dir_arg(&dir)]);
+    assert_success(&output);
+    assert!(
+        stdout(&output).contains(&format!("{first}: active -> removed")),
+        "{}",
+        stdout(&output)
+    );
+    server.wait_for_kids(&[&second]);
+    assert!(!dir.join(format!("{first}.jwk")).exists());
+    let rejected = verify(&server.url, &old_token);
+    assert_eq!(rejected.status.code(), Some(1));
+    assert!(
+        stderr(&rejected).starts_with("rejected: unknown_key: "),
+        "{}",
+        stderr(&rejected)
+    );
+
+    let output = trustwire(["keys", "advance", "--dir", &dir_arg(&dir)]);
+    assert_success(&output);
+    assert_eq!(stdout(&output), "no key changed state\n");
+}
+
+#[test]
+fn rotate_warns_below_cache_age() {
+    let (_tmp, dir) = key_dir();
+    keygen(&dir);
+    let output = trustwire(["keys", "rotate", "--dir", &dir_arg(&dir), "--pre-publish", "60"]);
+    assert_success(&output);
+    let warning = stderr(&output);
+    assert!(
+        warning.starts_with("warning: the pre-publication delay (60 s)"),
+        "{warning}"
+    );
+    assert!(warning.contains("maximum cache age (300 s)"), "{warning}");
+    assert!(warning.contains("--pre-publish 300"), "{warning}");
+}
+
+#[test]
+fn revoke_removes_key_from_served_set() {
+    let (_tmp, dir) = key_dir();
+    let first = keygen(&dir);
+    let server = JwksServer::start(&dir);
+    let stolen_token = sign(&dir);
+    assert_success(&verify(&server.url, &stolen_token));
+
+    let output = trustwire(["keys", "revoke", &first, "--dir", &dir_arg(&dir)]);
+    assert_success(&output);
+    let report = stdout(&output);
+    assert!(report.starts_with(&format!("revoked: {first}\n")), "{report}");
+    let replacement = report
+        .lines()
+        .find_map(|line| line.strip_prefix("active key now: "))
+        .unwrap()
+        .to_owned();
+    assert!(stderr(&output).contains("force a refresh"), "{}", stderr(&output));
+
+    server.wait_for_kids(&[&replacement]);
+    let rejected = verify(&server.url, &stolen_token);
+    assert_eq!(rejected.status.code(), Some(1));
+    assert!(
+        stderr(&rejected).starts_with("rejected: unknown_key: "),
+        "{}",
+        stderr(&rejected)
+    );
+    assert_success(&verify(&server.url, &sign(&dir)));
+    assert_eq!(
+        signing_states(&dir),
+        vec![(first.clone(), "revoked".into()), (replacement, "active".into())]
+    );
+
+    let output = trustwire(["keys", "revoke", &first, "--dir", &dir_arg(&dir)]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("already revoked"), "{}", stderr(&output));
+    let output = trustwire(["keys", "revoke", "nope", "--dir", &dir_arg(&dir)]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("keys list"), "{}", stderr(&output));
+
+    // A kid may start with `-`, as base64url allows.
+    let output = trustwire(["keys", "revoke", "-nope", "--dir", &dir_arg(&dir)]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("has no key \"-nope\""), "{}", stderr(&output));
+}
