@@ -48,7 +48,7 @@ fn sender(name: &str) -> Sender {
     }
 }
 
-/// An opener for `service` that trusts `senders` and decrypts with `keys`.
+/// Builds an opener for `service` that trusts `senders` and decrypts with `keys`.
 fn opener(service: &str, senders: &[(&str, &Sender)], keys: Vec<EncryptionKey>) -> Opener {
     let mut trust = TrustStore::new();
     for (name, sender) in senders {

@@ -119,19 +119,19 @@ fn fixture_with(configure: impl FnOnce(trustwire::seal::OpenerBuilder) -> trustw
 }
 
 impl Fixture {
-    /// A genuine sealed message from orders to `key`.
+    /// Seals a genuine message from orders to `key`.
     fn seal_to(&self, key: &EncryptionKey) -> trustwire::seal::Sealed {
         let sealer = Sealer::new(self.orders.clone());
         let recipients = [Recipient::new(id("payments"), key.public_key().clone())];
         sealer.seal(&recipients, channel(), PAYLOAD).unwrap()
     }
 
-    /// A genuine compact JWE from orders to payments' X25519 key.
+    /// Seals a genuine compact JWE from orders to payments' X25519 key.
     fn compact(&self) -> Compact {
         Compact::parse(&self.seal_to(&self.x25519).jwe)
     }
 
-    /// A valid orders token whose dig covers `jwe`.
+    /// Signs a valid orders token whose dig covers `jwe`.
     fn token_over(&self, jwe: &[u8], jti: &str) -> String {
         self.orders
             .token(id("payments"))
@@ -156,7 +156,7 @@ impl Fixture {
     }
 }
 
-/// The `jti` in the JWE protected header, when there is one to read.
+/// Reads the `jti` in the JWE protected header, when there is one.
 fn jti_of(jwe: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(jwe).ok()?;
     let protected = if text.starts_with('{') {
@@ -222,7 +222,7 @@ impl Compact {
     }
 }
 
-/// A genuine fan-out JWE to two X25519 keys (one of them payments'), as JSON.
+/// Seals a genuine fan-out JWE to two X25519 keys (one of them payments') and parses its JSON.
 fn general_json(fx: &Fixture) -> Map<String, Value> {
     let other = EncryptionKey::generate().unwrap();
     let sealer = Sealer::new(fx.orders.clone());
@@ -396,7 +396,7 @@ async fn too_many_recipients_too_large() {
 // ---- algorithms ----
 
 #[tokio::test]
-async fn key_management_algs_other_than_ecdh_es_a256kw_rejected() {
+async fn other_key_management_algs_rejected() {
     let fx = fixture();
     for alg in [
         "dir",
@@ -744,7 +744,7 @@ async fn new_token_over_old_jwe_seal_mismatch() {
     assert_eq!(fx.reason_with_token(&token, &sealed.jwe).await, Reason::SealMismatch);
 }
 
-/// A JWE made by josekit with a header of our choosing, to payments' key.
+/// Encrypts with josekit to payments' key, under a header of our choosing.
 fn josekit_jwe(fx: &Fixture, claims: &[(&str, Value)]) -> Vec<u8> {
     let public = serde_json::to_vec(&fx.x25519.public_key().to_jwk()).unwrap();
     let encrypter = ECDH_ES_A256KW
@@ -801,8 +801,8 @@ async fn header_without_iss_or_jti_seal_mismatch() {
     }
 }
 
-/// A compact JWE to payments' X25519 key with any protected header, built
-/// from the primitives (x25519-dalek, SHA-256 Concat KDF, RustCrypto AES-KW
+/// Encrypts a compact JWE to payments' X25519 key under any protected header,
+/// built from the primitives (x25519-dalek, SHA-256 Concat KDF, RustCrypto AES-KW
 /// and AES-GCM) for headers that josekit refuses to write.
 fn raw_jwe(fx: &Fixture, mut protected: Map<String, Value>) -> Vec<u8> {
     use aes_gcm::aead::AeadInPlace;

@@ -24,7 +24,7 @@ pub const MAX_KEYS: usize = 100;
 /// public encryption keys.
 ///
 /// Encryption keys are X25519 keys and P-256 keys marked `use: enc` (or with
-/// an `alg` of the ECDH-ES family); every other supported key is a signature
+/// an `alg` of the ECDH-ES family). Every other supported key is a signature
 /// key. Parsing is strict: a set with private key members, a small-order
 /// Ed25519 or X25519 key, a P-256 point off the curve, a malformed supported
 /// key or two signature keys (or two encryption keys) with one `kid` is
@@ -103,9 +103,9 @@ impl JwkSet {
 
             match EncryptionPublicKey::from_jwk(jwk).map_err(|source| JwksError::Key { index, source })? {
                 ParsedEncryptionJwk::Encryption(key) => {
-                    // A signature key and an encryption key may share a kid
-                    // (RFC 7517 section 4.5 allows it across key types); each
-                    // lookup searches one kind only.
+                    // A signature key and an encryption key may share a kid,
+                    // as RFC 7517 section 4.5 allows across key types, because
+                    // each lookup searches one kind only.
                     if !encryption_kids.insert(key.kid().to_owned()) {
                         return Err(JwksError::DuplicateKid(key.kid().to_owned()));
                     }

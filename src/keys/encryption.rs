@@ -46,10 +46,10 @@ impl fmt::Display for EncryptionCurve {
 
 /// A validated public point on one of the encryption curves.
 ///
-/// Construction rejects what would make a key agreement unsafe: an X25519
-/// point of small order (the shared secret would be all zeros whatever the
-/// private key) or a non-canonical encoding, and a P-256 point that is not
-/// on the curve or is the identity (the invalid-curve attack).
+/// Construction rejects every point that would make a key agreement unsafe.
+/// For X25519 that is a point of small order, whose shared secret is all
+/// zeros whatever the private key, and a non-canonical encoding. For P-256
+/// it is a point off the curve (the invalid-curve attack) or the identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Point {
     X25519(x25519_dalek::PublicKey),
@@ -175,8 +175,8 @@ fn p256_coordinates(key: &p256::PublicKey) -> (String, String) {
 }
 
 /// Whether `u` is below the field prime and has bit 255 clear. RFC 7748
-/// section 5 lets X25519 accept other encodings by reducing them; trustwire
-/// rejects them so that each key has exactly one encoding and one `kid`.
+/// section 5 lets X25519 accept other encodings by reducing them. trustwire
+/// rejects them, so each key has exactly one encoding and one `kid`.
 fn is_canonical_x25519(u: &[u8; 32]) -> bool {
     // Compare as little-endian integers, from the most significant byte.
     for (byte, prime_byte) in u.iter().rev().zip(X25519_PRIME_LE.iter().rev()) {
@@ -189,10 +189,10 @@ fn is_canonical_x25519(u: &[u8; 32]) -> bool {
 
 /// Whether `u` is a point of small order on Curve25519 or its twist.
 ///
-/// Multiplying by a clamped scalar (a multiple of the cofactor 8) sends
-/// exactly the points of order 1, 2, 4 or 8 to the all-zero output, so a
-/// fixed clamped scalar detects them; it is the RFC 7748 section 6.1
-/// all-zero check done once, when the key is loaded.
+/// A clamped scalar is a multiple of the cofactor 8, so multiplying by it
+/// sends exactly the points of order 1, 2, 4 or 8 to the all-zero output.
+/// This is the all-zero check of RFC 7748 section 6.1, done once with a
+/// fixed scalar when the key is loaded.
 fn has_small_order_x25519(u: &[u8; 32]) -> bool {
     const PROBE_SCALAR: [u8; 32] = [0x5a; 32];
     x25519_dalek::x25519(PROBE_SCALAR, *u) == [0u8; 32]
@@ -241,10 +241,10 @@ impl EncryptionPublicKey {
     /// Parses a public JWK as an encryption key.
     ///
     /// An `OKP` key on `X25519` is always an encryption key. A `P-256` key is
-    /// one only with `use: enc` or an `alg` of the ECDH-ES family; without
+    /// one only with `use: enc` or an `alg` of the ECDH-ES family. Without
     /// them it stays a signature key, as before encryption keys existed.
     /// Private members, bad encodings, points not on the curve and
-    /// small-order X25519 points are errors, so the whole set is rejected.
+    /// small-order X25519 points are errors, which reject the whole set.
     pub(crate) fn from_jwk(jwk: &Map<String, Value>) -> Result<ParsedEncryptionJwk, KeyError> {
         for member in PRIVATE_MEMBERS {
             if jwk.contains_key(member) {
@@ -411,8 +411,9 @@ impl EncryptionKey {
         }
     }
 
-    /// Serialises the private JWK (with `d`). The returned string holds the
-    /// secret: write it only to a file with mode 0600; it is zeroized on drop.
+    /// Serialises the private JWK (with `d`). The returned string contains
+    /// the secret, so write it only to a file with mode 0600. It is zeroized
+    /// on drop.
     pub fn to_private_jwk(&self) -> Zeroizing<String> {
         let d = match &self.secret {
             Secret::X25519(secret) => Zeroizing::new(b64_encode(secret.as_bytes())),

@@ -39,13 +39,14 @@ const MAX_PARTY_INFO_BYTES: usize = 256;
 /// Largest `kid` accepted, in bytes.
 const MAX_KID_LEN: usize = 256;
 
-/// Header members never accepted in a sealed message: compression (`zip`)
-/// opens a decompression-bomb and CRIME-style leak, `crit` would demand
-/// processing rules trustwire does not have, the key and URL members would
-/// let the message pick its own key, and `p2s`/`p2c` belong to PBES2.
+/// Header members never accepted in a sealed message. Compression (`zip`)
+/// opens the way to decompression bombs and CRIME-style length leaks. `crit`
+/// would demand processing rules that trustwire does not have. The key and
+/// URL members would let the message pick its own key, and `p2s`/`p2c`
+/// belong to PBES2.
 const FORBIDDEN_HEADERS: [&str; 8] = ["zip", "crit", "jku", "jwk", "x5u", "x5c", "p2s", "p2c"];
 
-/// Why encryption failed. Only the random number generator and key
+/// An encryption failure. Only the random number generator and key
 /// agreement with a malformed key can fail.
 #[derive(Debug)]
 pub(crate) enum EncryptError {
@@ -55,8 +56,8 @@ pub(crate) enum EncryptError {
 
 /// Encrypts `plaintext` to `recipients` with one content key.
 ///
-/// One recipient gives the compact serialization with `kid` and `epk` in the
-/// protected header; several give the general JSON serialization with
+/// One recipient gives the compact serialization, with `kid` and `epk` in
+/// the protected header. Several give the general JSON serialization, with
 /// `kid` and `epk` in each recipient's unprotected header. The protected
 /// header always carries `alg`, `enc`, `iss` and `jti`, so AES-GCM
 /// authenticates them.
@@ -103,7 +104,7 @@ pub(crate) fn encrypt(
     let mut ciphertext = plaintext.to_vec();
     let tag = content_cipher(&cek)
         .encrypt_in_place_detached(&iv.into(), protected_b64.as_bytes(), &mut ciphertext)
-        .map_err(|_| EncryptError::Random("AES-GCM refused the plaintext length".into()))?;
+        .map_err(|_| EncryptError::Random("AES-GCM rejected the plaintext length".into()))?;
 
     if single {
         let encrypted_key = entries.first().map(|(_, key)| b64_encode(key)).unwrap_or_default();
@@ -171,13 +172,17 @@ fn malformed(detail: impl Into<String>) -> Rejection {
 
 /// Parses, checks and decrypts a JWE with one of `keys`, chosen by `kid`.
 ///
-/// The caller has already bounded the size of `jwe`. The checks run in this
-/// order, each before any use of a private key: shape and strict encoding;
-/// the number of recipients and the header size; `alg` of every recipient;
-/// `enc`; forbidden header members; the recipient entry whose `kid` is one
-/// of `keys`; the length of its `encrypted_key`; its `epk`, which must be a
-/// valid point on the curve of the chosen key. Then ECDH, the Concat KDF, the
-/// AES key unwrap and AES-GCM, whose failures share one reason code.
+/// The caller has already bounded the size of `jwe`. These checks run in
+/// order, all before any use of a private key:
+///
+/// 1. shape and strict encoding, the number of recipients, the header size;
+/// 2. `alg` of every recipient, then `enc`, then forbidden header members;
+/// 3. the recipient entry whose `kid` is one of `keys`;
+/// 4. the length of its `encrypted_key`;
+/// 5. its `epk`, which must be a valid point on the curve of the chosen key.
+///
+/// Then come ECDH, the Concat KDF, the AES key unwrap and AES-GCM. A failed
+/// unwrap and a failed tag share one reason code.
 pub(crate) fn decrypt(jwe: &[u8], keys: &[EncryptionKey]) -> Result<Decrypted, Rejection> {
     let parsed = parse(jwe)?;
 

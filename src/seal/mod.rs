@@ -2,12 +2,13 @@
 //! `ECDH-ES+A256KW` with `A256GCM`) and a signed token whose `dig` covers
 //! the JWE bytes.
 //!
-//! A sender seals with a [`Sealer`]; a receiver opens with an [`Opener`],
-//! which verifies the token first, then decrypts with the local key that
-//! the JWE names by `kid`, then checks that the JWE protected header's `iss`
-//! and `jti` equal the token's. That last check stops another service from
-//! re-signing someone else's ciphertext as its own: the header is
-//! authenticated by AES-GCM, so it cannot be changed without the content key.
+//! A sender seals with a [`Sealer`], and a receiver opens with an [`Opener`].
+//! The opener verifies the token first and then decrypts with the local key
+//! that the JWE names by `kid`. Last, it checks that the JWE protected
+//! header's `iss` and `jti` equal the token's. That check stops another
+//! service from re-signing someone else's ciphertext as its own, because
+//! AES-GCM authenticates the header and it cannot be changed without the
+//! content key.
 //!
 //! ```
 //! use trustwire::jwks::{JwkSet, KeySource, TrustStore};

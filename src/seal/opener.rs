@@ -102,7 +102,7 @@ impl fmt::Debug for Opened {
 /// Opens sealed messages sent to one service. Cloning is cheap.
 ///
 /// The verifier checks the token exactly as for a signed message, with the
-/// JWE bytes as the payload; then the JWE is decrypted with the key it names
+/// JWE bytes as the payload. Then the JWE is decrypted with the key it names
 /// by `kid`, and its protected header's `iss` and `jti` must equal the
 /// token's.
 #[derive(Clone)]
@@ -138,7 +138,7 @@ impl Opener {
         &self.inner.verifier
     }
 
-    /// Opens a sealed message: `expected` holds the channel or request it
+    /// Opens a sealed message. `expected` contains the channel or request it
     /// arrived on and, as its payload, the JWE bytes.
     ///
     /// Verification comes first (size, token, binding, `dig` over the JWE,

@@ -48,7 +48,7 @@ pub enum SealError {
     KeySource {
         /// The recipient.
         service: ServiceId,
-        /// Why the fetch failed.
+        /// The fetch error.
         #[source]
         source: SourceError,
     },
@@ -122,8 +122,8 @@ impl Recipient {
     }
 }
 
-/// Where each recipient service's public keys come from, so a transport can
-/// turn a token's audience into recipients.
+/// A map from recipient service ids to the sources of their public keys, so
+/// a transport can turn a token's audience into recipients.
 ///
 /// ```no_run
 /// use trustwire::jwks::KeySource;
