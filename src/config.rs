@@ -26,7 +26,7 @@
 //! sizes whole bytes. Relative paths are resolved against the directory of
 //! the file. A value that cannot be used fails loading with a
 //! [`ConfigError`] that names the setting (or the environment variable that
-//! set it) and says how to fix it. Unknown settings are errors too, so a
+//! set it) and gives the fix. Unknown settings are errors too, so a
 //! misspelt name never falls back to a default silently.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -167,7 +167,7 @@ pub const SETTINGS: &[Setting] = &[
 /// Keys allowed inside each `[[trust]]` table.
 const TRUST_KEYS: [&str; 3] = ["issuer", "jwks_url", "jwks_file"];
 
-/// Why a configuration was rejected.
+/// An error in a configuration file or its environment overrides.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -196,7 +196,7 @@ pub enum ConfigError {
         /// The setting, such as `verify.leeway_seconds`, or the environment
         /// variable that set it.
         key: String,
-        /// What is wrong with the value.
+        /// The problem with the value.
         problem: String,
         /// How to fix it.
         fix: String,
@@ -212,7 +212,7 @@ impl ConfigError {
         }
     }
 
-    /// The setting or environment variable the error is about, if any.
+    /// Returns the setting or environment variable the error is about, if any.
     pub fn key(&self) -> Option<&str> {
         match self {
             Self::Invalid { key, .. } => Some(key),
@@ -221,7 +221,7 @@ impl ConfigError {
     }
 }
 
-/// Which replay guard the verifier uses.
+/// The replay guard a verifier uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReplayGuardChoice {
@@ -237,7 +237,7 @@ pub enum ReplayGuardChoice {
     },
 }
 
-/// Where a trusted issuer's keys come from.
+/// The source of a trusted issuer's keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyLocation {
@@ -253,7 +253,7 @@ pub enum KeyLocation {
 pub struct TrustedIssuer {
     /// The issuer.
     pub issuer: ServiceId,
-    /// Where its keys come from.
+    /// The source of its keys.
     pub location: KeyLocation,
     /// The setting that named it, for error messages.
     key: String,
@@ -492,7 +492,7 @@ impl Config {
     }
 }
 
-/// The snapshot file name of `issuer`: its id with every character other
+/// Returns the snapshot file name of `issuer`: its id with every character other
 /// than ASCII letters, digits, `-` and `.` replaced by `_`, so a SPIFFE ID
 /// stays one file name.
 fn snapshot_file_name(issuer: &ServiceId) -> String {
@@ -687,7 +687,7 @@ impl<'a, E: Fn(&str) -> Option<String>> Reader<'a, E> {
         self.table.get(section)?.as_table()?.get(name).map(Raw::File)
     }
 
-    /// An error about the value of `setting`, naming where it came from.
+    /// Returns an error about the value of `setting` that names where it came from.
     fn bad_value(&self, setting: &Setting, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
         let key = match (self.env)(setting.env) {
             Some(_) => format!("{} (from the environment, overriding {})", setting.env, setting.key),

@@ -48,7 +48,7 @@ pub enum KeyState {
 }
 
 impl KeyState {
-    /// The lowercase name used in `keys.json` and by `trustwire keys list`.
+    /// Returns the lowercase name used in `keys.json` and by `trustwire keys list`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Next => "next",
@@ -59,7 +59,7 @@ impl KeyState {
         }
     }
 
-    /// Whether a key in this state is in the JWKS.
+    /// Returns whether a key in this state is in the JWKS.
     pub fn is_published(&self) -> bool {
         matches!(self, Self::Next | Self::Active | Self::Retired)
     }
@@ -86,7 +86,7 @@ pub(crate) struct Schedule {
 
 /// Returns the state a key with `stored` state and `schedule` is in at
 /// `now`. States only move forward, so a key whose whole schedule has passed
-/// is removed even if `keys.json` still says next.
+/// is removed even if `keys.json` still records it as next.
 pub(crate) fn state_at(stored: KeyState, schedule: &Schedule, now: u64) -> KeyState {
     if stored == KeyState::Revoked || schedule.revoked_at.is_some() {
         return KeyState::Revoked;
@@ -174,7 +174,7 @@ pub struct Transition {
     pub to: KeyState,
 }
 
-/// What [`KeyDir::revoke`] did.
+/// The outcome of [`KeyDir::revoke`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Revocation {
@@ -296,7 +296,7 @@ impl KeyDir {
     /// Verifiers stop accepting it only when they refresh the JWKS, so force
     /// a refresh on them ([`crate::jwks::TrustStore::refresh_all`]). If `kid`
     /// is the active signing key, the next key becomes active now, or a new
-    /// key does when there is no next key; verifiers find that key through
+    /// key does when there is no next key. Verifiers find that key through
     /// their unknown-`kid` refresh. Revoking the active encryption key adds
     /// a new one.
     pub fn revoke(&mut self, kid: &str) -> Result<Revocation, KeyError> {
@@ -370,7 +370,7 @@ impl KeyDir {
         Ok(key.kid().to_owned())
     }
 
-    /// Every key of the directory, revoked and removed ones included, with
+    /// Returns every key of the directory, revoked and removed ones included, with
     /// its state now and its times, in the order of `keys.json`.
     pub fn records(&self) -> Vec<KeyRecord> {
         let now = unix_now();
@@ -466,7 +466,7 @@ pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 /// It reloads the directory every `interval` and also wakes at the
 /// `activate_at` of a next key, so the switch happens on time. A revoked
 /// active key keeps signing until the next reload, so keep the interval
-/// short; keep it well below the pre-publication delay too, or a rotation
+/// short. Keep it well below the pre-publication delay too, or a rotation
 /// may activate a key this task has not seen yet.
 ///
 /// ```no_run
