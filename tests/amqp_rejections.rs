@@ -45,6 +45,10 @@ fn craft(service: &Service, header: &serde_json::Value, claims: &serde_json::Val
     format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
 }
 
+/// A message published without trustwire's publisher: message id, expected
+/// reason code, headers, body and routing key.
+type RawCase<'a> = (&'a str, &'a str, Vec<(&'a str, AMQPValue)>, &'a [u8], &'a str);
+
 fn token(signer: &Signer, audience: &str, channel: &str, body: &[u8]) -> String {
     signer
         .token(ServiceId::new(audience).unwrap())
@@ -125,8 +129,7 @@ async fn rejections_dead_lettered_with_reason() {
     let mut claims_without_jti = claims.clone();
     claims_without_jti.as_object_mut().unwrap().remove("jti");
 
-    // Raw publishes: (message id, expected reason, headers, body, routing key).
-    let raw_cases: Vec<(&str, &str, Vec<(&str, AMQPValue)>, &[u8], &str)> = vec![
+    let raw_cases: Vec<RawCase<'_>> = vec![
         ("missing_header", "malformed", vec![], body, routing_key),
         (
             "byte_array",
@@ -395,7 +398,7 @@ async fn rejections_dead_lettered_with_reason() {
     }
     assert_eq!(reasons.len(), expected.len(), "dead-lettered cases: {reasons:?}");
 
-    // Each copy keeps the original body and headers and says where it came from.
+    // Each copy keeps the original body and headers and names where it came from.
     for (id, _, headers, payload, key) in &raw_cases {
         let copy = dead_letters
             .iter()

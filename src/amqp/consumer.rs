@@ -12,9 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, BasicProperties, Channel, Connection, Consumer};
 
@@ -27,7 +25,7 @@ use crate::envelope::{Claims, Expected, Reason, Rejection, Verified, Verifier};
 /// Default prefetch count of a channel the consumer opens itself.
 pub const DEFAULT_PREFETCH: u16 = 32;
 
-/// Longest handler error, in bytes, copied into a dead-lettered message.
+/// Maximum length, in bytes, of a handler error copied into a dead-lettered message.
 const MAX_HANDLER_ERROR_LEN: usize = 256;
 
 /// Errors from [`VerifyingConsumer`] and [`VerifiedDelivery`].
@@ -40,14 +38,15 @@ pub enum ConsumeError {
     #[error("AMQP channel or connection failed")]
     Amqp(#[from] lapin::Error),
 
-    /// The channel closed before the delivery was settled; RabbitMQ
-    /// redelivers it to the next consumer.
-    #[error("the channel closed before the delivery was acknowledged; RabbitMQ will redeliver it")]
+    /// The channel closed, or the acknowledgement did not complete within
+    /// 10 s, before the delivery was settled. RabbitMQ redelivers it once
+    /// the channel is gone.
+    #[error("the delivery could not be acknowledged because the channel closed; RabbitMQ will redeliver it")]
     ChannelClosed,
 
     /// A rejected delivery could not be dead-lettered. The consumer stopped
     /// and closed its channel, so the delivery and every other unacknowledged
-    /// one went back to the queue; fix the dead-letter setup and restart.
+    /// one went back to the queue. Fix the dead-letter setup and restart.
     #[error("cannot dead-letter a rejected delivery: {0}")]
     DeadLetter(String),
 
@@ -81,7 +80,7 @@ pub struct ConsumerStats {
 }
 
 impl ConsumerStats {
-    /// The total number of rejected deliveries.
+    /// Returns the total number of rejected deliveries.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }
@@ -319,8 +318,8 @@ impl Shared {
 /// Verified deliveries come out of [`next`](Self::next) (or go to the
 /// handler of [`run`](Self::run)) and are acknowledged when the
 /// application is done with them. Every rejected delivery is counted,
-/// logged with its reason code, `iss`, `kid` and `jti`, and sent where the
-/// [`DeadLetter`] setting says; it is never requeued more than once and
+/// logged with its reason code, `iss`, `kid` and `jti`, and sent to the
+/// [`DeadLetter`] destination. It is never requeued more than once and
 /// never dropped without a log line. Only rejections the sender is not at
 /// fault for (`key_source_unavailable`, `replay_guard_unavailable`) are
 /// requeued, once, before they are dead-lettered.
@@ -359,7 +358,7 @@ pub struct VerifyingConsumer {
 
 impl VerifyingConsumer {
     /// Starts configuring a consumer that verifies with `verifier` and sends
-    /// rejected deliveries where `dead_letter` says.
+    /// rejected deliveries to `dead_letter`.
     pub fn builder(verifier: Verifier, dead_letter: DeadLetter) -> ConsumerBuilder {
         ConsumerBuilder {
             verifier,
@@ -370,17 +369,17 @@ impl VerifyingConsumer {
         }
     }
 
-    /// The channel the consumer receives on.
+    /// Returns the channel the consumer receives on.
     pub fn channel(&self) -> &Channel {
         &self.shared.channel
     }
 
-    /// The consumer tag.
+    /// Returns the consumer tag.
     pub fn tag(&self) -> String {
         self.consumer.tag().to_string()
     }
 
-    /// A snapshot of the consumer's counts.
+    /// Returns a snapshot of the consumer's counts.
     pub fn stats(&self) -> ConsumerStats {
         self.shared.stats().clone()
     }
@@ -532,7 +531,7 @@ impl VerifiedDelivery {
         }
     }
 
-    /// The message.
+    /// Returns the message.
     pub fn message(&self) -> &VerifiedMessage {
         &self.message
     }
@@ -558,10 +557,10 @@ impl VerifiedDelivery {
 
     /// Reports that the handler failed on this message.
     ///
-    /// The token's `jti` is forgotten. A first delivery is requeued; a
+    /// The token's `jti` is forgotten, and a first delivery is requeued. A
     /// redelivery is dead-lettered with a `trustwire-handler-error` header
-    /// holding `error` (at most 256 bytes), so a message that always fails
-    /// is not requeued forever.
+    /// containing `error` (at most 256 bytes), so a message that always
+    /// fails is not requeued forever.
     pub async fn fail(mut self, error: &str) -> Result<(), ConsumeError> {
         self.settled = true;
         let shared = Arc::clone(&self.shared);

@@ -1,5 +1,5 @@
-//! Where rejected deliveries go: a dead-letter exchange trustwire publishes
-//! to, or the queue's own `x-dead-letter-exchange`.
+//! Dead-letter destinations for rejected deliveries: an exchange trustwire
+//! publishes to, or the queue's own `x-dead-letter-exchange`.
 
 use std::fmt;
 
@@ -12,12 +12,12 @@ use super::headers::{
     CONSUMER_HEADER, HEADERS_DROPPED_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, header_frame_len,
     with_long_string,
 };
-use super::settle::{Settle, bounded, settle};
+use super::settle::{SETTLE_TIMEOUT, Settle, settle};
 
 /// Where a consumer sends the deliveries it rejects.
 ///
-/// There is no default: a consumer must say where rejected messages go, so
-/// none is dropped without a decision.
+/// There is no default: every consumer names a destination for rejected
+/// messages, so none is dropped without a decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DeadLetter {
@@ -63,7 +63,7 @@ impl DeadLetter {
     }
 }
 
-/// What the consumer did with a delivery it did not hand to the application.
+/// The action the consumer took on a delivery it did not hand to the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Disposition {
     /// Published to the configured dead-letter exchange and acknowledged.
@@ -90,7 +90,7 @@ impl fmt::Display for Disposition {
     }
 }
 
-/// A delivery the consumer is giving up on, with the headers that say why.
+/// A delivery the consumer is giving up on, with the header that gives the reason.
 pub(crate) struct Rejected<'a> {
     pub(crate) exchange: &'a str,
     pub(crate) routing_key: &'a str,
@@ -101,11 +101,11 @@ pub(crate) struct Rejected<'a> {
     pub(crate) why: (&'static str, String),
 }
 
-/// Sends `rejected` where `dead_letter` says, then settles the delivery.
+/// Sends `rejected` to the `dead_letter` destination, then settles the delivery.
 ///
 /// With [`DeadLetter::Exchange`] the copy must be confirmed by the broker
-/// before the original is acknowledged; otherwise the original is left
-/// unacknowledged (RabbitMQ requeues it when the channel closes) and the
+/// before the original is acknowledged. Otherwise the original is left
+/// unacknowledged, so RabbitMQ requeues it when the channel closes, and the
 /// error is returned.
 pub(crate) async fn dead_letter(
     channel: &Channel,
@@ -135,7 +135,15 @@ pub(crate) async fn dead_letter(
     let confirm = channel
         .basic_publish(exchange_name, routing_key_name, options, rejected.payload, properties)
         .await?;
-    let confirmation = bounded(confirm).await?;
+    let confirmation = match tokio::time::timeout(SETTLE_TIMEOUT, confirm).await {
+        Ok(confirmation) => confirmation?,
+        Err(_) => {
+            return Err(ConsumeError::DeadLetter(format!(
+                "the broker did not confirm the copy published to {exchange:?} within {} s",
+                SETTLE_TIMEOUT.as_secs()
+            )));
+        }
+    };
 
     match confirmation {
         Confirmation::Ack(None) => {}
@@ -161,8 +169,8 @@ pub(crate) async fn dead_letter(
     Ok(Disposition::DeadLettered)
 }
 
-/// The properties of the dead-lettered copy: the original ones, with the
-/// trustwire headers added. When that would not fit in one frame, the
+/// Builds the properties of the dead-lettered copy: the original ones, with
+/// the trustwire headers added. When that would not fit in one frame, the
 /// original headers are left out and `trustwire-headers-dropped` is set.
 fn copy_properties(rejected: &Rejected<'_>, consumer: &str, frame_max: u32) -> Result<BasicProperties, ConsumeError> {
     let original = rejected.properties.headers().clone().unwrap_or_default();

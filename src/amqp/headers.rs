@@ -36,7 +36,7 @@ pub const HEADERS_DROPPED_HEADER: &str = "trustwire-headers-dropped";
 /// and the frame end octet (1), as AMQP 0-9-1 section 4.2.6 lays them out.
 const HEADER_FRAME_OVERHEAD: usize = 20;
 
-/// The AMQP type of a field-table value, named as the specification does.
+/// Returns the AMQP type of a field-table value, named as the specification does.
 pub(crate) fn type_name(value: &AMQPValue) -> &'static str {
     match value {
         AMQPValue::Boolean(_) => "boolean",
@@ -98,7 +98,7 @@ pub(crate) fn token_from(properties: &BasicProperties) -> Result<&str, Rejection
 ///
 /// RabbitMQ does not take the `s` field type of the AMQP 0-9-1 grammar as a
 /// short string: a short string anywhere in the headers makes it close the
-/// whole connection (3.10 answers `INTERNAL_ERROR`).
+/// whole connection (3.10 replies `INTERNAL_ERROR`).
 pub(crate) fn find_short_string(table: &FieldTable) -> Option<String> {
     table.inner().iter().find_map(|(name, value)| {
         if value_has_short_string(value) {
@@ -124,8 +124,8 @@ pub(crate) fn with_long_string(mut headers: FieldTable, name: &str, value: impl 
     headers
 }
 
-/// The size in bytes of the content header frame that carries `properties`,
-/// encoded by the same code lapin sends it with.
+/// Computes the size in bytes of the content header frame that carries
+/// `properties`, encoded by the same code lapin sends it with.
 pub(crate) fn header_frame_len(properties: &BasicProperties) -> Result<usize, String> {
     let serialize = gen_properties::<Vec<u8>>(properties);
     let context =

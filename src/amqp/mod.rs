@@ -30,8 +30,8 @@ pub use publisher::{PublishError, PublisherBuilder, SignedPublisher};
 
 use crate::envelope::Binding;
 
-/// The `chn` binding of a message: `amqp:<exchange>/<routing key>`, with the
-/// default exchange written as an empty name.
+/// Builds the `chn` binding of a message: `amqp:<exchange>/<routing key>`,
+/// with the default exchange written as an empty name.
 ///
 /// An exchange name containing `/` is refused: `amqp:a/b/c` could otherwise
 /// be exchange `a` with routing key `b/c` or exchange `a/b` with routing key

@@ -36,8 +36,8 @@ pub enum PublishError {
     #[error("cannot sign the token")]
     Sign(#[from] SignError),
 
-    /// A caller header holds an AMQP short string, which RabbitMQ does not
-    /// accept in field tables: it would close the connection.
+    /// A caller header contains an AMQP short string, which RabbitMQ does
+    /// not accept in field tables: it would close the connection.
     #[error(
         "header {name:?} contains an AMQP short string, which RabbitMQ rejects by closing the connection; use AMQPValue::LongString"
     )]
@@ -94,8 +94,8 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// The rejection reason this error corresponds to, when it has one:
-    /// [`Reason::TooLarge`] for [`PublishError::TooLarge`].
+    /// Returns the rejection reason this error corresponds to, when it has
+    /// one: [`Reason::TooLarge`] for [`PublishError::TooLarge`].
     pub fn reason(&self) -> Option<Reason> {
         match self {
             Self::TooLarge { .. } => Some(Reason::TooLarge),
@@ -118,7 +118,7 @@ impl PublisherBuilder {
     /// signer's default lifetime (60 s unless configured).
     ///
     /// Messages that wait in a durable queue need a lifetime longer than the
-    /// time they may wait; the signer's `max_ttl` bounds it, and receivers
+    /// time they may wait. The signer's `max_ttl` bounds it, and receivers
     /// must raise their verifier's `max_lifetime` to match.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
@@ -192,12 +192,12 @@ impl SignedPublisher {
         }
     }
 
-    /// The channel the publisher sends on.
+    /// Returns the channel the publisher sends on.
     pub fn channel(&self) -> &Channel {
         &self.channel
     }
 
-    /// The connection's negotiated maximum frame size.
+    /// Returns the connection's negotiated maximum frame size.
     pub fn frame_max(&self) -> u32 {
         self.frame_max
     }

@@ -9,8 +9,8 @@ use lapin::{Acker, Channel};
 
 use super::consumer::ConsumeError;
 
-/// Longest wait for an acknowledgement to be sent or a publish to be
-/// confirmed. Both take milliseconds on a working connection.
+/// Maximum wait for an acknowledgement to be sent or a dead-lettered copy
+/// to be confirmed. Both take milliseconds on a working connection.
 pub(crate) const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to settle a delivery.
@@ -54,7 +54,7 @@ pub(crate) async fn settle(channel: &Channel, acker: &Acker, how: Settle) -> Res
 }
 
 /// Waits at most [`SETTLE_TIMEOUT`] for `operation`.
-pub(crate) async fn bounded<T>(operation: impl Future<Output = lapin::Result<T>>) -> Result<T, ConsumeError> {
+async fn bounded<T>(operation: impl Future<Output = lapin::Result<T>>) -> Result<T, ConsumeError> {
     match tokio::time::timeout(SETTLE_TIMEOUT, operation).await {
         Ok(result) => Ok(result?),
         Err(_) => {
