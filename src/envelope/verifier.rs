@@ -589,6 +589,14 @@ fn parse_token(token: &str) -> Result<Parsed<'_>, Rejection> {
     let segments: Vec<&str> = token.split('.').collect();
     match segments.len() {
         3 => {}
+        // Two tokens joined by a space or a comma also have five parts, but
+        // a compact JWE has only base64url and '.'.
+        5 if token.bytes().any(|byte| !is_compact_byte(byte)) => {
+            return Err(Rejection::new(
+                Reason::Malformed,
+                "token has a character outside base64url and '.'",
+            ));
+        }
         5 => {
             return Err(Rejection::new(
                 Reason::WrongType,
@@ -687,6 +695,11 @@ fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, String), Reje
         None => return Err(Rejection::new(Reason::Malformed, "kid is missing")),
     };
     Ok((alg, kid))
+}
+
+/// Whether `byte` can appear in a compact serialization: base64url or '.'.
+fn is_compact_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.')
 }
 
 /// RFC 7515 section 4.1.9: `typ` compares case-insensitively, and the
