@@ -1126,6 +1126,17 @@ fn encoding_cases(env: &Env) -> Vec<Case> {
             Reason::Malformed,
         ),
         case("four segments", format!("{token}.{}", parts[2]), Reason::Malformed),
+        // Five parts, like a compact JWE, but not one token.
+        case(
+            "two tokens joined by a space",
+            format!("{token} {token}"),
+            Reason::Malformed,
+        ),
+        case(
+            "two tokens joined by a comma",
+            format!("{token},{token}"),
+            Reason::Malformed,
+        ),
         case("two segments", format!("{}.{}", parts[0], parts[1]), Reason::Malformed),
         case("empty token", String::new(), Reason::Malformed),
         case("only dots", "..".to_owned(), Reason::Malformed),
@@ -1568,7 +1579,7 @@ async fn ecdsa_high_s_is_a_replay() {
 async fn unknown_kid_storm_with_rotation() {
     const TOKENS: usize = 10_000;
     const WAVE: usize = 250;
-    const COOLDOWN: Duration = Duration::from_millis(500);
+    const COOLDOWN: Duration = Duration::from_secs(1);
     const WAVE_GAP: Duration = Duration::from_millis(25);
     // The loopback fetch takes about a millisecond; this allows a slow CI.
     const FETCH_ALLOWANCE: Duration = Duration::from_millis(500);
@@ -1667,10 +1678,14 @@ async fn unknown_kid_storm_with_rotation() {
     let times = server.request_times();
     let refreshes = &times[1..];
     // The server stamps arrival, not the client's decision to fetch, so a
-    // gap may look shorter by the difference of two loopback connects.
+    // gap may look shorter by the difference of two loopback connects, which
+    // grows on a loaded CI machine.
     for pair in refreshes.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(gap + Duration::from_millis(50) >= COOLDOWN, "two fetches {gap:?} apart");
+        assert!(
+            gap + Duration::from_millis(200) >= COOLDOWN,
+            "two fetches {gap:?} apart"
+        );
     }
     let most = (elapsed.as_millis() / COOLDOWN.as_millis()) as usize + 1;
     assert!(
