@@ -436,10 +436,17 @@ fn revoke_unknown_or_revoked_key_fails() {
     let err = keys.revoke("no-such-kid").unwrap_err();
     assert!(err.to_string().contains("has no key \"no-such-kid\""), "{err}");
 
-    // Revoking the next key leaves the active key alone.
+    // Revoking the next key leaves the active key alone, and active for
+    // good: it no longer retires when the revoked key would have started.
     let revocation = keys.revoke(&second).unwrap();
     assert_eq!(revocation.replacement, None);
     assert_eq!(keys.active_key().kid(), first);
+    let records = keys.records();
+    assert_eq!(records[0].kid, first);
+    assert_eq!(records[0].retire_at, None);
+    assert_eq!(records[0].remove_at, None);
+    let third = keys.rotate(&Rotation::default()).unwrap().kid().to_owned();
+    keys.revoke(&third).unwrap();
     let err = keys.revoke(&second).unwrap_err();
     assert!(err.to_string().contains("already revoked"), "{err}");
 

@@ -316,11 +316,16 @@ impl KeyDir {
             });
         }
         let was_active = entry.state == KeyState::Active;
+        let was_next = entry.state == KeyState::Next;
+        let activate_at = entry.schedule.activate_at;
         let key_use = entry.key_use;
 
         let mut replacement = None;
         if was_active && key_use == KeyUse::Sig {
             replacement = Some(self.activate_replacement(now)?);
+        }
+        if was_next && key_use == KeyUse::Sig {
+            self.cancel_retirement(activate_at);
         }
         let entry = &mut self.manifest.keys[index];
         entry.state = KeyState::Revoked;
@@ -330,7 +335,7 @@ impl KeyDir {
         remove_private_key(&self.path, kid)?;
         self.reload()?;
         self.write_jwks()?;
-        tracing::warn!(dir = %self.path.display(), service = %self.service(), kid, replacement = replacement.as_deref().unwrap_or(""), "revoked key");
+        tracing::info!(dir = %self.path.display(), service = %self.service(), kid, replacement = replacement.as_deref().unwrap_or(""), "revoked key");
 
         if was_active && key_use == KeyUse::Enc {
             replacement = Some(self.add_encryption_key()?.kid().to_owned());
@@ -339,6 +344,24 @@ impl KeyDir {
             kid: kid.to_owned(),
             replacement,
         })
+    }
+
+    /// Keeps the active signing key active when the next key that was to
+    /// replace it at `activate_at` is revoked; otherwise the directory would
+    /// have no active key from then on.
+    fn cancel_retirement(&mut self, activate_at: Option<u64>) {
+        let Some(activate_at) = activate_at else {
+            return;
+        };
+        for entry in &mut self.manifest.keys {
+            let retiring = entry.key_use == KeyUse::Sig
+                && entry.state == KeyState::Active
+                && entry.schedule.retire_at == Some(activate_at);
+            if retiring {
+                entry.schedule.retire_at = None;
+                entry.schedule.remove_at = None;
+            }
+        }
     }
 
     /// Makes the next signing key active now, or a new key when there is
