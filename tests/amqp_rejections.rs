@@ -30,6 +30,7 @@ use trustwire::amqp::{
 };
 use trustwire::clock::{Clock, FixedClock, SystemClock};
 use trustwire::jwks::{KeySource, TrustStore};
+use trustwire::replay::MemoryReplayGuard;
 use trustwire::{Binding, Policy, ServiceId, Signer, Verifier};
 
 /// Signs `claims` under `header` with `service`'s key, for tokens the Signer
@@ -602,6 +603,40 @@ async fn unroutable_dead_letter_stops_consumer() {
 }
 
 #[tokio::test]
+async fn dead_letter_loop_refused() {
+    let connection = connect("tw-test-dlx-loop").await;
+    let topology = Topology::declare(&connection, ExchangeKind::Fanout, &[""]).await;
+    let orders = Service::new("orders");
+    let raw = raw_channel(&connection).await;
+    publish_raw(&raw, &topology.exchange, "", b"unsigned", properties("unsigned", &[])).await;
+
+    // Dead-lettering into the exchange the message came from would route
+    // the copy back to this queue and reject it again, forever.
+    let dead_letter = DeadLetter::exchange(topology.exchange.clone());
+    let mut consumer = VerifyingConsumer::builder(verifier("billing", &[&orders]), dead_letter)
+        .consume(&connection, &topology.queue)
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .unwrap();
+    let err = outcome.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ConsumeError::DeadLetter(detail) if detail.contains("separate exchange")),
+        "{err:?}"
+    );
+    assert!(consumer.next().await.is_none());
+
+    let requeued = wait_for_message(&topology.channel, &topology.queue).await;
+    assert_eq!(requeued.data, b"unsigned");
+    assert!(
+        topology.drain_queue().await.is_empty(),
+        "exactly one copy of the message exists"
+    );
+    topology.delete().await;
+}
+
+#[tokio::test]
 async fn failed_handler_requeued_then_dead_lettered() {
     let connection = connect("tw-test-handler-failure").await;
     let topology = Topology::declare(&connection, ExchangeKind::Direct, &["k"]).await;
@@ -691,6 +726,91 @@ async fn transient_rejection_requeued_once() {
     );
     let stats = consumer.stats();
     assert_eq!(stats.rejected.get("key_source_unavailable"), Some(&2), "{stats:?}");
+    assert_eq!(stats.requeued, 1);
+    assert_eq!(stats.dead_lettered, 1);
+    consumer.cancel().await.unwrap();
+    assert!(consumer.next().await.is_none());
+    topology.delete().await;
+}
+
+#[tokio::test]
+async fn oversized_body_rejected_too_large() {
+    let connection = connect("tw-test-big-body").await;
+    let topology = Topology::declare(&connection, ExchangeKind::Direct, &["k"]).await;
+    let orders = Service::new("orders");
+    let publisher = publisher(&connection, &orders, "billing").await;
+    let verifier = Verifier::builder(ServiceId::new("billing").unwrap(), amqp_support::trust(&[&orders]))
+        .max_payload_bytes(1024)
+        .build()
+        .unwrap();
+    let mut consumer = VerifyingConsumer::builder(verifier, topology.dead_letter())
+        .consume(&connection, &topology.queue)
+        .await
+        .unwrap();
+    let body = vec![b'x'; 4096];
+    publisher
+        .publish(
+            &topology.exchange,
+            "k",
+            BasicPublishOptions::default(),
+            &body,
+            properties("big", &[]),
+        )
+        .await
+        .unwrap();
+
+    let dead_letter = dead_letter_while_consuming(&mut consumer, &topology).await;
+    assert_eq!(
+        header_text(&dead_letter.properties, REJECTED_HEADER).as_deref(),
+        Some("too_large")
+    );
+    assert_eq!(dead_letter.data.len(), 4096);
+    consumer.cancel().await.unwrap();
+    assert!(consumer.next().await.is_none());
+    topology.delete().await;
+}
+
+#[tokio::test]
+async fn full_replay_guard_requeued_once() {
+    let connection = connect("tw-test-guard-full").await;
+    let topology = Topology::declare(&connection, ExchangeKind::Direct, &["k"]).await;
+    let orders = Service::new("orders");
+    let publisher = publisher(&connection, &orders, "billing").await;
+
+    // A guard with room for one token: the second message cannot be recorded.
+    let guard = Arc::new(MemoryReplayGuard::with_capacity(1));
+    let verifier = Verifier::builder(ServiceId::new("billing").unwrap(), amqp_support::trust(&[&orders]))
+        .replay_guard(guard)
+        .build()
+        .unwrap();
+    let mut consumer = VerifyingConsumer::builder(verifier, topology.dead_letter())
+        .consume(&connection, &topology.queue)
+        .await
+        .unwrap();
+    for id in ["first", "second"] {
+        publisher
+            .publish(
+                &topology.exchange,
+                "k",
+                BasicPublishOptions::default(),
+                id.as_bytes(),
+                properties(id, &[]),
+            )
+            .await
+            .unwrap();
+    }
+
+    let first = next_verified(&mut consumer).await;
+    assert_eq!(first.payload.as_ref(), b"first");
+    first.ack().await.unwrap();
+    let dead_letter = dead_letter_while_consuming(&mut consumer, &topology).await;
+    assert_eq!(dead_letter.data, b"second");
+    assert_eq!(
+        header_text(&dead_letter.properties, REJECTED_HEADER).as_deref(),
+        Some("replay_guard_unavailable")
+    );
+    let stats = consumer.stats();
+    assert_eq!(stats.rejected.get("replay_guard_unavailable"), Some(&2), "{stats:?}");
     assert_eq!(stats.requeued, 1);
     assert_eq!(stats.dead_lettered, 1);
     consumer.cancel().await.unwrap();

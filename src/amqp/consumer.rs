@@ -225,6 +225,11 @@ impl Shared {
             Err(rejection) => rejection,
         };
         if let Err(err) = self.reject(&delivery, &rejection).await {
+            tracing::warn!(
+                reason = rejection.code(), iss = rejection.iss().unwrap_or(""), kid = rejection.kid().unwrap_or(""),
+                jti = rejection.jti().unwrap_or(""), exchange = %delivery.exchange, routing_key = %delivery.routing_key,
+                error = %err, "AMQP delivery rejected but not settled; RabbitMQ redelivers it when the channel closes"
+            );
             if matches!(err, ConsumeError::DeadLetter(_)) {
                 self.stop(&err).await;
             }
@@ -577,7 +582,7 @@ impl VerifiedDelivery {
                 payload: &message.payload,
                 why: (HANDLER_ERROR_HEADER, error_text.clone()),
             };
-            dead_letter(
+            let outcome = dead_letter(
                 &shared.channel,
                 shared.frame_max,
                 &shared.dead_letter,
@@ -585,7 +590,20 @@ impl VerifiedDelivery {
                 &self.acker,
                 rejected,
             )
-            .await?
+            .await;
+            match outcome {
+                Ok(disposition) => disposition,
+                Err(err) => {
+                    tracing::warn!(
+                        iss = %message.claims.iss, jti = %message.claims.jti, handler_error = %error_text, error = %err,
+                        "AMQP message handler failed and the message could not be dead-lettered"
+                    );
+                    if matches!(err, ConsumeError::DeadLetter(_)) {
+                        shared.stop(&err).await;
+                    }
+                    return Err(err);
+                }
+            }
         } else {
             settle(&shared.channel, &self.acker, Settle::Requeue).await?;
             Disposition::Requeued

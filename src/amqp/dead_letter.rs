@@ -125,6 +125,14 @@ pub(crate) async fn dead_letter(
         }
     };
 
+    // A copy published back to the exchange the message came from would be
+    // routed to this queue again and rejected again, forever.
+    if exchange == rejected.exchange {
+        return Err(ConsumeError::DeadLetter(format!(
+            "the dead-letter exchange {exchange:?} is the exchange the rejected message arrived from; use a separate exchange"
+        )));
+    }
+
     let properties = copy_properties(&rejected, consumer, frame_max)?;
     let exchange_name = short_string(exchange)?;
     let routing_key_name = short_string(routing_key)?;
