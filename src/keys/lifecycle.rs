@@ -196,6 +196,10 @@ impl KeyDir {
     /// Writes the states time has already reached first, as
     /// [`Self::advance`] does. Fails if a next key is still waiting to become
     /// active: rotate again after it has.
+    ///
+    /// NOTE: the directory is not locked. Two processes that write it at
+    /// once (a timer's `advance` and an operator's `rotate`, say) can lose
+    /// one of the two updates to `keys.json`.
     pub fn rotate(&mut self, rotation: &Rotation) -> Result<&SigningKey, KeyError> {
         self.advance()?;
         if let Some(pending) = self.signing_entries().find(|entry| entry.state == KeyState::Next) {
