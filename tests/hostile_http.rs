@@ -174,8 +174,8 @@ async fn hostile_authorization_headers() {
     assert_eq!(server.calls.load(Ordering::SeqCst), 0);
 }
 
-/// A bare CR or LF inside the value splits or ends the header line; hyper
-/// answers 400 before the layer or the handler sees the request.
+/// A bare CR or LF inside the value splits or ends the header line, so hyper
+/// returns 400 before the layer or the handler sees the request.
 #[tokio::test]
 async fn line_breaks_in_token_never_reach_the_layer() {
     let server = Server::start().await;
@@ -192,7 +192,7 @@ async fn line_breaks_in_token_never_reach_the_layer() {
     }
 
     // CR LF ends the line, so the rest of the token becomes a header line
-    // with no colon, which hyper also answers with 400.
+    // with no colon, for which hyper also returns 400.
     let smuggled = format!("Authorization: Bearer {head}\r\n{rest}");
     let (status, _) = server.post(&[smuggled.as_bytes()]).await;
     assert_eq!(status, 400);
