@@ -12,7 +12,7 @@ use super::headers::{
     CONSUMER_HEADER, HEADERS_DROPPED_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, header_frame_len,
     with_long_string,
 };
-use super::settle::{SETTLE_TIMEOUT, Settle, settle};
+use super::settle::{SETTLE_TIMEOUT, Settle, Waited, settle, wait_while_open};
 
 /// Where a consumer sends the deliveries it rejects.
 ///
@@ -143,9 +143,10 @@ pub(crate) async fn dead_letter(
     let confirm = channel
         .basic_publish(exchange_name, routing_key_name, options, rejected.payload, properties)
         .await?;
-    let confirmation = match tokio::time::timeout(SETTLE_TIMEOUT, confirm).await {
-        Ok(confirmation) => confirmation?,
-        Err(_) => {
+    let confirmation = match wait_while_open(channel, confirm).await {
+        Waited::Done(confirmation) => confirmation?,
+        Waited::ChannelGone => return Err(ConsumeError::ChannelClosed),
+        Waited::TimedOut => {
             return Err(ConsumeError::DeadLetter(format!(
                 "the broker did not confirm the copy published to {exchange:?} within {} s",
                 SETTLE_TIMEOUT.as_secs()
