@@ -1,6 +1,5 @@
 //! Strict base64url and JSON decoding for bytes that come from the network.
 
-use std::collections::HashSet;
 use std::fmt;
 
 use base64::Engine;
@@ -13,6 +12,11 @@ pub(crate) const MAX_JSON_DEPTH: usize = 16;
 /// Encodes bytes as unpadded base64url (RFC 7515 section 2).
 pub(crate) fn b64_encode(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Appends the unpadded base64url of `bytes` to `text`.
+pub(crate) fn b64_encode_into(bytes: &[u8], text: &mut String) {
+    URL_SAFE_NO_PAD.encode_string(bytes, text);
 }
 
 /// Decodes unpadded base64url, rejecting padding, whitespace, characters of
@@ -130,10 +134,9 @@ impl<'de> Visitor<'de> for StrictVisitor {
             return Err(de::Error::custom("JSON nesting is too deep"));
         }
 
-        let mut seen = HashSet::new();
         let mut object = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
+            if object.contains_key(&key) {
                 let shown: String = key.chars().take(40).collect();
                 return Err(de::Error::custom(format!("duplicate member name {shown:?}")));
             }

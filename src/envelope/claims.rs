@@ -61,40 +61,45 @@ const KNOWN: [&str; 12] = [
 
 impl Claims {
     /// Reads the claims with strict types: strings must be strings, times
-    /// must be integers in `0..=MAX_NUMERIC_DATE`.
-    pub(crate) fn from_map(mut map: Map<String, Value>) -> Result<Self, Rejection> {
-        let iss = required(&map, "iss", string)?;
+    /// must be integers in `0..=MAX_NUMERIC_DATE`. On success the claims
+    /// not named here move from `map` into `extra`, and `map` is left empty.
+    /// On error `map` is unchanged, so the caller can still log its values.
+    pub(crate) fn from_map(map: &mut Map<String, Value>) -> Result<Self, Rejection> {
+        let iss = required(map, "iss", string)?;
         let aud = match map.get("aud") {
             None => return Err(missing("aud")),
             Some(value) => audience(value)?,
         };
-        let iat = required(&map, "iat", numeric_date)?;
-        let exp = required(&map, "exp", numeric_date)?;
-        let jti = required(&map, "jti", string)?;
+        let iat = required(map, "iat", numeric_date)?;
+        let exp = required(map, "exp", numeric_date)?;
+        let jti = required(map, "jti", string)?;
         if jti.is_empty() || jti.len() > MAX_JTI_LEN {
             return Err(malformed("\"jti\" must be 1 to 256 bytes".to_owned()));
         }
 
         let claims = Self {
             iss,
-            sub: optional(&map, "sub", string)?,
+            sub: optional(map, "sub", string)?,
             aud,
             iat,
             exp,
-            nbf: optional(&map, "nbf", numeric_date)?,
+            nbf: optional(map, "nbf", numeric_date)?,
             jti,
-            chn: optional(&map, "chn", string)?,
-            htm: optional(&map, "htm", string)?,
-            htu: optional(&map, "htu", string)?,
-            dig: optional(&map, "dig", string)?,
-            act: optional(&map, "act", actor)?,
+            chn: optional(map, "chn", string)?,
+            htm: optional(map, "htm", string)?,
+            htu: optional(map, "htu", string)?,
+            dig: optional(map, "dig", string)?,
+            act: optional(map, "act", actor)?,
             extra: Map::new(),
         };
 
         for name in KNOWN {
             map.remove(name);
         }
-        Ok(Self { extra: map, ..claims })
+        Ok(Self {
+            extra: std::mem::take(map),
+            ..claims
+        })
     }
 }
 

@@ -482,10 +482,13 @@ impl Verifier {
     /// policy and replay.
     pub(super) async fn accept(&self, admitted: Admitted<'_>, expected: &Expected<'_>) -> Result<Verified, Rejection> {
         let inner = &self.inner;
-        let Admitted { parsed, owner, .. } = admitted;
+        let Admitted { mut parsed, owner, .. } = admitted;
 
         // Step 6: claims.
-        let claims = Claims::from_map(parsed.claims.clone()).map_err(|rejection| parsed.tag(rejection))?;
+        let claims = match Claims::from_map(&mut parsed.claims) {
+            Ok(claims) => claims,
+            Err(rejection) => return Err(parsed.tag(rejection)),
+        };
         let ids = |rejection: Rejection| rejection.with_ids(Some(&parsed.kid), Some(&claims.iss), Some(&claims.jti));
         // Clamped so a broken clock or broker time cannot overflow the checks.
         let now = expected
