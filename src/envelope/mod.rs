@@ -12,8 +12,8 @@ pub use batch::MAX_SIGNATURE_BATCH;
 pub use binding::{Binding, InvalidBinding, MAX_BINDING_LEN, canonical_target, payload_digest};
 pub use claims::Claims;
 pub use rejection::{Reason, Rejection};
-pub use signer::{DEFAULT_TTL, SignError, Signer, SignerBuilder, TokenBuilder};
 pub(crate) use signer::random_jti;
+pub use signer::{DEFAULT_TTL, SignError, Signer, SignerBuilder, TokenBuilder};
 pub use verifier::{
     DEFAULT_LEEWAY, DEFAULT_MAX_LIFETIME, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_TOKEN_BYTES, Expected,
     MAX_SAFE_LEEWAY, Verified, Verifier, VerifierBuilder, VerifierConfigError,
