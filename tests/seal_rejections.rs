@@ -921,6 +921,42 @@ async fn token_without_dig_digest_mismatch() {
     assert_eq!(fx.reason_with_token(&token, &sealed.jwe).await, Reason::DigestMismatch);
 }
 
+/// A verifier may let an issuer omit dig (a gateway's forward-auth tokens);
+/// the opener still requires it, because dig binds the token to the JWE.
+#[tokio::test]
+async fn issuer_allowed_without_dig_still_needs_dig() {
+    let orders_key = SigningKey::generate().unwrap();
+    let trust = TrustStore::new().trust(
+        id("orders"),
+        KeySource::inline(JwkSet::from_keys(vec![orders_key.public_key().clone()])),
+    );
+    let verifier = Verifier::builder(id("payments"), trust)
+        .clock(Arc::new(FixedClock::new(NOW)))
+        .issuers_without_digest([id("orders")])
+        .build()
+        .unwrap();
+    let payments_key = EncryptionKey::generate().unwrap();
+    let recipients = [Recipient::new(id("payments"), payments_key.public_key().clone())];
+    let opener = Opener::new(verifier, vec![payments_key]).unwrap();
+
+    let orders = signer("orders", orders_key);
+    let sealed = Sealer::new(orders.clone())
+        .seal(&recipients, channel(), PAYLOAD)
+        .unwrap();
+    let token = orders
+        .token(id("payments"))
+        .binding(channel())
+        .jti(&sealed.jti)
+        .sign()
+        .unwrap();
+    let rejection = opener
+        .open(&token, &Expected::message(channel(), &sealed.jwe))
+        .await
+        .unwrap_err();
+    assert_eq!(rejection.reason(), Reason::DigestMismatch);
+    assert!(rejection.detail().contains("sealed message"), "{}", rejection.detail());
+}
+
 #[tokio::test]
 async fn token_for_other_audience_wrong_audience() {
     let fx = fixture();
