@@ -1,4 +1,5 @@
-//! `trustwire keygen`: creates a key directory with one new signing key.
+//! `trustwire keygen`: creates a key directory with a new signing key and
+//! a new encryption key.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,13 +29,23 @@ pub(crate) fn run(args: KeygenArgs) -> Result<ExitCode, CliError> {
     let keys = KeyDir::create(&args.dir, args.service).map_err(key_error)?;
     let kid = keys.active_key().kid();
 
-    let report = format!(
-        "service: {}\nkid: {kid}\nprivate key: {} (mode 0600)\npublic JWKS: {}\nmanifest: {}\n",
+    let mut report = format!(
+        "service: {}\nkid: {kid}\nprivate key: {} (mode 0600)\n",
         keys.service(),
         private_key_path(keys.path(), kid).display(),
-        keys.jwks_path().display(),
-        keys.path().join(MANIFEST_FILE).display(),
     );
+    for encryption_key in keys.encryption_keys() {
+        let enc_kid = encryption_key.kid();
+        report.push_str(&format!(
+            "encryption kid: {enc_kid}\nencryption private key: {} (mode 0600)\n",
+            private_key_path(keys.path(), enc_kid).display()
+        ));
+    }
+    report.push_str(&format!(
+        "public JWKS: {}\nmanifest: {}\n",
+        keys.jwks_path().display(),
+        keys.path().join(MANIFEST_FILE).display()
+    ));
     print_stdout(&report)?;
     Ok(ExitCode::SUCCESS)
 }
