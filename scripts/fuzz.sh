@@ -3,6 +3,8 @@
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #   SECONDS_PER_TARGET defaults to FUZZ_SECONDS or 30; TARGET defaults to all.
+#   FUZZ_PROFILE=dev builds without optimisation: a much shorter cold build
+#   for a smoke run in CI, at the cost of fewer executions per second.
 #
 # Installs cargo-fuzz from crates.io when it is missing. Builds on the stable
 # toolchain: with --sanitizer none, cargo-fuzz passes rustc no -Z flag. The
@@ -31,8 +33,13 @@ if ! command -v cargo-fuzz >/dev/null; then
     cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
+profile=()
+if [[ ${FUZZ_PROFILE:-release} == dev ]]; then
+    profile=(--dev)
+fi
+
 log "building ${targets[*]}"
-cargo fuzz build --sanitizer none
+cargo fuzz build "${profile[@]}" --sanitizer none
 
 for target in "${targets[@]}"; do
     work=target/corpus-work/$target
@@ -42,7 +49,7 @@ for target in "${targets[@]}"; do
     # -max_len 16384: twice the verifier's default token limit, so the
     # too_large paths are reached as well.
     status=0
-    cargo fuzz run --sanitizer none "$target" "$work" "corpus/$target" -- \
+    cargo fuzz run "${profile[@]}" --sanitizer none "$target" "$work" "corpus/$target" -- \
         -max_total_time="$seconds" -max_len=16384 -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$output" 2>&1 || status=$?
     grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb)' "$output" >&2 || true
