@@ -312,11 +312,46 @@ impl JetStreamDelivery {
 /// # }
 /// ```
 pub struct VerifyingConsumer {
-    messages: PullStream,
+    pub(super) messages: PullStream,
     verifier: Verifier,
     sink: DeadLetterSink,
-    judge_time_at_storage: bool,
+    pub(super) judge_time_at_storage: bool,
     transient_retry_delay: Duration,
+}
+
+/// What a JetStream delivery is checked against: its subject and payload,
+/// its stream and sequence as the delivery id, and, with
+/// `judge_time_at_storage`, the time the stream stored it.
+pub(super) fn expected_delivery(
+    message: &jetstream::Message,
+    judge_time_at_storage: bool,
+) -> Result<Expected<'_>, Rejection> {
+    let subject = message.subject.as_str();
+    let (delivery_id, stored_at) = match message.info() {
+        Ok(info) => (
+            format!("{}:{}", info.stream, info.stream_sequence),
+            info.published.unix_timestamp(),
+        ),
+        Err(err) => {
+            let rejection = Rejection::new(Reason::Malformed, format!("not a JetStream delivery: {err}"));
+            note_transport_rejection(&rejection, subject);
+            return Err(rejection);
+        }
+    };
+    let binding = match channel_binding(subject) {
+        Ok(binding) => binding,
+        Err(err) => {
+            let rejection = Rejection::new(Reason::Malformed, err.to_string());
+            note_transport_rejection(&rejection, subject);
+            return Err(rejection);
+        }
+    };
+
+    let mut expected = Expected::message(binding, &message.payload).with_delivery_id(delivery_id);
+    if judge_time_at_storage {
+        expected = expected.with_reference_time(stored_at);
+    }
+    Ok(expected)
 }
 
 impl fmt::Debug for VerifyingConsumer {
@@ -396,35 +431,11 @@ impl VerifyingConsumer {
     }
 
     async fn verify(&self, message: &jetstream::Message) -> Result<Verified, Rejection> {
-        let subject = message.subject.as_str();
-        let (delivery_id, stored_at) = match message.info() {
-            Ok(info) => (
-                format!("{}:{}", info.stream, info.stream_sequence),
-                info.published.unix_timestamp(),
-            ),
-            Err(err) => {
-                let rejection = Rejection::new(Reason::Malformed, format!("not a JetStream delivery: {err}"));
-                note_transport_rejection(&rejection, subject);
-                return Err(rejection);
-            }
-        };
-        let binding = match channel_binding(subject) {
-            Ok(binding) => binding,
-            Err(err) => {
-                let rejection = Rejection::new(Reason::Malformed, err.to_string());
-                note_transport_rejection(&rejection, subject);
-                return Err(rejection);
-            }
-        };
-
-        let mut expected = Expected::message(binding, &message.payload).with_delivery_id(delivery_id);
-        if self.judge_time_at_storage {
-            expected = expected.with_reference_time(stored_at);
-        }
+        let expected = expected_delivery(message, self.judge_time_at_storage)?;
         verify_message(&self.verifier, &message.message, &expected).await
     }
 
-    async fn reject(&self, message: &jetstream::Message, rejection: &Rejection) {
+    pub(super) async fn reject(&self, message: &jetstream::Message, rejection: &Rejection) {
         let subject = message.subject.as_str();
         if rejection.reason().is_transient() {
             metrics::counter!("trustwire_nats_retried_total", "reason" => rejection.code()).increment(1);

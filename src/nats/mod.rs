@@ -1,6 +1,7 @@
 //! NATS transport (feature `nats`): signing publishers, verifying
 //! subscribers, signed request/reply, JetStream publish and pull consumers,
-//! dead-lettering and a replay guard shared through JetStream KV.
+//! dead-lettering and a replay guard shared through JetStream KV. Sealed
+//! (encrypted) messages have their own publishers and opening consumers.
 //!
 //! Payloads are never changed: the token travels in the `Trustwire-Token`
 //! header, bound to `nats:<subject>` (`chn`) and to the payload digest
@@ -44,6 +45,8 @@ mod jetstream;
 mod kv;
 mod publisher;
 mod request;
+mod sealed;
+mod sealed_jetstream;
 mod subscriber;
 
 pub use dead_letter::{DEFAULT_DEAD_LETTER_SUBJECT, DeadLetter};
@@ -58,4 +61,8 @@ pub use jetstream::{
 pub use kv::{DEFAULT_REPLAY_BUCKET, KvReplayGuard, KvReplayGuardError, recommended_max_age};
 pub use publisher::{DEFAULT_REQUEST_TIMEOUT, PublishError, SignedPublisher};
 pub use request::RequestError;
+pub use sealed::{
+    OpenedMessage, OpeningSubscriber, OpeningSubscriberBuilder, SEALED_HEADER, SealedPublishError, SealedPublisher,
+};
+pub use sealed_jetstream::{OpenedJetStreamDelivery, OpeningConsumer, OpeningConsumerBuilder, SealedJetStream};
 pub use subscriber::{SubscriberBuilder, VerifiedMessage, VerifyingSubscriber};

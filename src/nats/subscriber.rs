@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
 use super::headers::{ORIGINAL_SUBJECT_HEADER, channel_binding, read_token};
+use super::sealed::refuse_sealed;
 use crate::envelope::{Claims, Expected, Reason, Rejection, Verified, Verifier};
 
 /// A message whose token passed every check, with the sender's identity.
@@ -172,12 +173,15 @@ async fn verify_arrived(verifier: &Verifier, message: &Message) -> Result<Verifi
     verify_message(verifier, message, &Expected::message(binding, &message.payload)).await
 }
 
-/// Reads the token of `message` and verifies it against `expected`.
+/// Reads the token of `message` and verifies it against `expected`. A
+/// sealed message is `wrong_type` here, so its JWE is never handed on as
+/// the payload.
 pub(crate) async fn verify_message(
     verifier: &Verifier,
     message: &Message,
     expected: &Expected<'_>,
 ) -> Result<Verified, Rejection> {
+    refuse_sealed(message)?;
     let token = match read_token(message.headers.as_ref()) {
         Ok(token) => token,
         Err(rejection) => {
