@@ -19,8 +19,10 @@ use lapin::{Acker, BasicProperties, Channel, Connection, Consumer};
 use super::channel_binding;
 use super::dead_letter::{DeadLetter, Disposition, Rejected, dead_letter};
 use super::headers::{HANDLER_ERROR_HEADER, REJECTED_HEADER, token_from};
+use super::sealed::{refuse_sealed, require_sealed};
 use super::settle::{Settle, settle};
 use crate::envelope::{Claims, Expected, Reason, Rejection, Verified, Verifier};
+use crate::seal::Opener;
 
 /// Default prefetch count of a channel the consumer opens itself.
 pub const DEFAULT_PREFETCH: u16 = 32;
@@ -91,6 +93,7 @@ impl ConsumerStats {
 #[must_use = "a consumer is only started by consume or consume_on_channel"]
 pub struct ConsumerBuilder {
     verifier: Verifier,
+    opener: Option<Opener>,
     dead_letter: DeadLetter,
     prefetch: Option<u16>,
     consumer_tag: String,
@@ -160,7 +163,7 @@ impl ConsumerBuilder {
         let consumer = channel
             .basic_consume(queue_name, tag, options, FieldTable::default())
             .await?;
-        tracing::info!(aud = %self.verifier.audience(), queue, consumer_tag = %consumer.tag(), dead_letter = ?self.dead_letter, "AMQP verifying consumer started");
+        tracing::info!(aud = %self.verifier.audience(), queue, consumer_tag = %consumer.tag(), dead_letter = ?self.dead_letter, sealed = self.opener.is_some(), "AMQP verifying consumer started");
 
         Ok(VerifyingConsumer {
             consumer,
@@ -170,6 +173,7 @@ impl ConsumerBuilder {
                 channel,
                 frame_max,
                 verifier: self.verifier,
+                opener: self.opener,
                 dead_letter: self.dead_letter,
                 stats: Mutex::new(ConsumerStats::default()),
                 warn_limiter: WarnLimiter::default(),
@@ -183,6 +187,8 @@ struct Shared {
     channel: Channel,
     frame_max: u32,
     verifier: Verifier,
+    /// Set for a consumer of sealed messages; its verifier is `verifier`.
+    opener: Option<Opener>,
     dead_letter: DeadLetter,
     stats: Mutex<ConsumerStats>,
     warn_limiter: WarnLimiter,
@@ -200,8 +206,9 @@ impl Shared {
     }
 
     /// Checks the token header, then verifies the token against the
-    /// exchange, routing key and body that arrived.
-    async fn verify(&self, delivery: &Delivery) -> Result<Verified, Rejection> {
+    /// exchange, routing key and body that arrived. A consumer of sealed
+    /// messages opens the body and returns the plaintext too.
+    async fn verify(&self, delivery: &Delivery) -> Result<(Verified, Option<Vec<u8>>), Rejection> {
         let transport_rejection = |rejection: Rejection| {
             // The verifier counts its own rejections; these never reach it.
             metrics::counter!("trustwire_rejected_total", "reason" => rejection.code()).increment(1);
@@ -211,9 +218,14 @@ impl Shared {
         let token = token_from(&delivery.properties).map_err(transport_rejection)?;
         let binding = channel_binding(delivery.exchange.as_str(), delivery.routing_key.as_str())
             .map_err(|detail| transport_rejection(Rejection::new(Reason::BindingMismatch, detail)))?;
-        self.verifier
-            .verify(token, &Expected::message(binding, &delivery.data))
-            .await
+        let expected = Expected::message(binding, &delivery.data);
+        let Some(opener) = &self.opener else {
+            refuse_sealed(&delivery.properties).map_err(transport_rejection)?;
+            return Ok((self.verifier.verify(token, &expected).await?, None));
+        };
+        require_sealed(&delivery.properties).map_err(transport_rejection)?;
+        let opened = opener.open(token, &expected).await?;
+        Ok((opened.verified, Some(opened.plaintext)))
     }
 
     /// Verifies `delivery`: returns it when its token verifies, and handles
@@ -221,7 +233,10 @@ impl Shared {
     /// is closed, so every unacknowledged delivery goes back to the queue.
     async fn process(self: Arc<Self>, delivery: Delivery) -> Result<Option<VerifiedDelivery>, ConsumeError> {
         let rejection = match self.verify(&delivery).await {
-            Ok(verified) => return Ok(Some(VerifiedDelivery::new(delivery, verified, Arc::clone(&self)))),
+            Ok((verified, plaintext)) => {
+                let shared = Arc::clone(&self);
+                return Ok(Some(VerifiedDelivery::new(delivery, verified, plaintext, shared)));
+            }
             Err(rejection) => rejection,
         };
         if let Err(err) = self.reject(&delivery, &rejection).await {
@@ -367,6 +382,22 @@ impl VerifyingConsumer {
     pub fn builder(verifier: Verifier, dead_letter: DeadLetter) -> ConsumerBuilder {
         ConsumerBuilder {
             verifier,
+            opener: None,
+            dead_letter,
+            prefetch: None,
+            consumer_tag: String::new(),
+            exclusive: false,
+        }
+    }
+
+    /// Starts configuring a consumer of sealed messages: each delivery is
+    /// opened with `opener`, and its payload is the plaintext. A plain
+    /// delivery is rejected as `wrong_type` and sent to `dead_letter` like
+    /// every other rejection. See `docs/sealing.md`.
+    pub fn opening(opener: Opener, dead_letter: DeadLetter) -> ConsumerBuilder {
+        ConsumerBuilder {
+            verifier: opener.verifier().clone(),
+            opener: Some(opener),
             dead_letter,
             prefetch: None,
             consumer_tag: String::new(),
@@ -492,7 +523,7 @@ pub struct VerifiedMessage {
     pub delivery_tag: u64,
     /// The AMQP properties, headers included.
     pub properties: BasicProperties,
-    /// The body.
+    /// The body; for a sealed message, the decrypted plaintext.
     pub payload: Bytes,
     /// The verified claims; `claims.iss` is the sending service.
     pub claims: Claims,
@@ -508,6 +539,9 @@ pub struct VerifiedMessage {
 #[must_use = "settle the delivery with ack() or fail()"]
 pub struct VerifiedDelivery {
     message: VerifiedMessage,
+    /// The JWE of a sealed message, which a dead-lettered copy carries
+    /// instead of the plaintext.
+    sealed_body: Option<Bytes>,
     acker: Acker,
     verified: Verified,
     shared: Arc<Shared>,
@@ -515,20 +549,25 @@ pub struct VerifiedDelivery {
 }
 
 impl VerifiedDelivery {
-    fn new(delivery: Delivery, verified: Verified, shared: Arc<Shared>) -> Self {
+    fn new(delivery: Delivery, verified: Verified, plaintext: Option<Vec<u8>>, shared: Arc<Shared>) -> Self {
         shared.stats().verified += 1;
+        let (payload, sealed_body) = match plaintext {
+            Some(plaintext) => (Bytes::from(plaintext), Some(Bytes::from(delivery.data))),
+            None => (Bytes::from(delivery.data), None),
+        };
         let message = VerifiedMessage {
             exchange: delivery.exchange.to_string(),
             routing_key: delivery.routing_key.to_string(),
             redelivered: delivery.redelivered,
             delivery_tag: delivery.delivery_tag,
             properties: delivery.properties,
-            payload: Bytes::from(delivery.data),
+            payload,
             claims: verified.claims.clone(),
             kid: verified.kid.clone(),
         };
         Self {
             message,
+            sealed_body,
             acker: delivery.acker,
             verified,
             shared,
@@ -565,7 +604,8 @@ impl VerifiedDelivery {
     /// The token's `jti` is forgotten, and a first delivery is requeued. A
     /// redelivery is dead-lettered with a `trustwire-handler-error` header
     /// containing `error` (at most 256 bytes), so a message that always
-    /// fails is not requeued forever.
+    /// fails is not requeued forever. The copy of a sealed message carries
+    /// the JWE that arrived, never the plaintext.
     pub async fn fail(mut self, error: &str) -> Result<(), ConsumeError> {
         self.settled = true;
         let shared = Arc::clone(&self.shared);
@@ -579,7 +619,7 @@ impl VerifiedDelivery {
                 exchange: &message.exchange,
                 routing_key: &message.routing_key,
                 properties: &message.properties,
-                payload: &message.payload,
+                payload: self.sealed_body.as_ref().unwrap_or(&message.payload),
                 why: (HANDLER_ERROR_HEADER, error_text.clone()),
             };
             let outcome = dead_letter(

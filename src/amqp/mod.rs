@@ -7,6 +7,9 @@
 //! - [`VerifyingConsumer`] verifies that header on every delivery, hands
 //!   verified messages to the application with the sender's claims, and
 //!   sends rejected ones to a [`DeadLetter`] destination.
+//! - [`SealedPublisher`] encrypts each body to the audience's encryption
+//!   keys, and [`VerifyingConsumer::opening`] builds a consumer that opens
+//!   them (see `docs/sealing.md`).
 //!
 //! See `docs/rabbitmq.md` for the headers, the dead-lettering setup and how
 //! to choose token lifetimes for durable queues.
@@ -15,6 +18,7 @@ mod consumer;
 mod dead_letter;
 mod headers;
 mod publisher;
+mod sealed;
 mod settle;
 
 pub use consumer::{
@@ -27,6 +31,7 @@ pub use headers::{
     ORIGINAL_ROUTING_KEY_HEADER, REJECTED_HEADER, TOKEN_HEADER,
 };
 pub use publisher::{PublishError, PublisherBuilder, SignedPublisher};
+pub use sealed::{SEALED_HEADER, SealedPublishError, SealedPublisher, SealedPublisherBuilder};
 
 use crate::envelope::Binding;
 
