@@ -9,6 +9,9 @@
 //!   extractor.
 //! - [`RequestSigner`] signs outbound calls: [`RequestBuilderExt::sign_with`]
 //!   for reqwest, and [`SignLayer`] for hyper clients and other tower services.
+//! - Sealed bodies (opt-in): [`RequestSealer`] encrypts a request body to
+//!   the audience's encryption keys, and [`OpenLayer`] opens it before the
+//!   handler runs (see `docs/sealing.md`).
 //! - [`gateway`] is the forward-auth endpoint that nginx `auth_request`,
 //!   Traefik ForwardAuth and Kong call. It checks an API key or an identity
 //!   provider's JWT and returns an internal token for the upstream.
@@ -47,12 +50,19 @@ mod body;
 mod client;
 pub mod gateway;
 mod response;
+mod sealed;
 mod server;
 mod target;
 
 pub use body::ResponseBody;
-pub use client::{HyperClient, RequestBuilderExt, RequestSigner, SignFuture, SignLayer, SignRequestError, SignService};
-pub use server::{Caller, DEFAULT_MAX_BODY_BYTES, MissingCaller, VerifyFuture, VerifyLayer, VerifyService};
+pub use client::{
+    HyperClient, RequestBuilderExt, RequestSealer, RequestSigner, SealRequestBuilderExt, SealRequestError, SignFuture,
+    SignLayer, SignRequestError, SignService,
+};
+pub use sealed::{JOSE_CONTENT_TYPE, JOSE_JSON_CONTENT_TYPE, SEALED_CONTENT_TYPE_HEADER, SEALED_HEADER};
+pub use server::{
+    Caller, DEFAULT_MAX_BODY_BYTES, MissingCaller, OpenLayer, OpenService, VerifyFuture, VerifyLayer, VerifyService,
+};
 pub use target::request_binding;
 
 /// The error type of [`SignService`] and of [`ResponseBody`]: any error that

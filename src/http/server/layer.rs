@@ -18,6 +18,7 @@ use crate::envelope::{Expected, Verifier};
 use crate::http::BoxError;
 use crate::http::body::{BodyError, ResponseBody, collect_limited};
 use crate::http::response;
+use crate::http::sealed::is_sealed;
 use crate::http::target::request_binding;
 
 /// Default limit of a buffered request body: 2 MiB, the default of axum's
@@ -204,6 +205,13 @@ where
         }
     };
 
+    // Verified as plain, a sealed body would reach the handler as its JWE.
+    if is_sealed(&parts.headers) {
+        metrics::counter!("trustwire_rejected_total", "reason" => crate::Reason::WrongType.code()).increment(1);
+        tracing::debug!(binding = %binding, "sealed request reached a layer that verifies plain requests; use OpenLayer");
+        return Err(response::invalid_token(crate::Reason::WrongType.code()));
+    }
+
     let body = match collect_limited(&parts.headers, body, config.max_body_bytes).await {
         Ok(body) => body,
         Err(BodyError::TooLarge) => {
@@ -227,14 +235,14 @@ where
     Ok(Request::from_parts(parts, Full::new(body)))
 }
 
-enum TokenError {
+pub(super) enum TokenError {
     Missing,
     Malformed(&'static str),
 }
 
 /// Reads the token: `Bearer <token>` from `Authorization`, the bare value
 /// from any other header. Exactly one header field is accepted.
-fn read_token(headers: &HeaderMap, name: &HeaderName) -> Result<String, TokenError> {
+pub(super) fn read_token(headers: &HeaderMap, name: &HeaderName) -> Result<String, TokenError> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Err(TokenError::Missing);
