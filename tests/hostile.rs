@@ -7,8 +7,8 @@
 //! [`CASE_TIME_LIMIT`]. A panic fails the test. `attack_table_memory_bounded`
 //! runs every case again in a child process and bounds its peak memory.
 //!
-//! Transport-header and JWE-opening cases are not here: they belong with the
-//! NATS, AMQP, HTTP and sealing modules.
+//! Transport headers are attacked in `hostile_http.rs` and `hostile_nats.rs`,
+//! sealed messages in `hostile_seal.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
