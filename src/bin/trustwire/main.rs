@@ -1,6 +1,7 @@
 //! The `trustwire` command-line tool: creates keys, serves a JWKS, and
 //! signs, verifies and inspects tokens.
 
+mod bench;
 mod error;
 #[cfg(feature = "http")]
 mod gateway;
@@ -65,6 +66,9 @@ enum Command {
     /// Decode a token's header and claims WITHOUT verifying them
     Inspect(inspect::InspectArgs),
 
+    /// Measure signing and verification rates on this machine, per core
+    Bench(bench::BenchArgs),
+
     /// Encrypt a payload to recipient services (JWE) and sign a token over it
     Seal(seal::SealArgs),
 
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Seal(args) => seal::run_seal(args),
         Command::Open(args) => seal::run_open(args),
         #[cfg(feature = "http")]
