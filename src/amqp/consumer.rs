@@ -19,7 +19,7 @@ use lapin::{Acker, BasicProperties, Channel, Connection, Consumer};
 use super::channel_binding;
 use super::dead_letter::{DeadLetter, Disposition, Rejected, dead_letter};
 use super::headers::{HANDLER_ERROR_HEADER, REJECTED_HEADER, token_from};
-use super::sealed::{refuse_sealed, require_sealed};
+use super::sealed::{reject_sealed, require_sealed};
 use super::settle::{Settle, settle};
 use crate::envelope::{Claims, Expected, Reason, Rejection, Verified, Verifier};
 use crate::seal::Opener;
@@ -220,7 +220,7 @@ impl Shared {
             .map_err(|detail| transport_rejection(Rejection::new(Reason::BindingMismatch, detail)))?;
         let expected = Expected::message(binding, &delivery.data);
         let Some(opener) = &self.opener else {
-            refuse_sealed(&delivery.properties).map_err(transport_rejection)?;
+            reject_sealed(&delivery.properties).map_err(transport_rejection)?;
             return Ok((self.verifier.verify(token, &expected).await?, None));
         };
         require_sealed(&delivery.properties).map_err(transport_rejection)?;

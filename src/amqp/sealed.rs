@@ -1,6 +1,6 @@
 //! Sealed messages on RabbitMQ: the body is a JWE to the encryption keys of
 //! the audience, the token signs the JWE, and a `trustwire-sealed` header
-//! tells the consumer to open it.
+//! marks the message for opening.
 //!
 //! The marker is not authenticated, so it only routes a delivery to the
 //! right check. A consumer built with [`super::VerifyingConsumer::opening`]
@@ -53,7 +53,7 @@ impl SealedPublishError {
     }
 }
 
-/// Whether delivery properties carry the sealed marker, under any case.
+/// Returns whether delivery properties carry the sealed marker, under any case.
 fn is_sealed(properties: &BasicProperties) -> bool {
     properties.headers().as_ref().is_some_and(|headers| {
         headers
@@ -65,7 +65,7 @@ fn is_sealed(properties: &BasicProperties) -> bool {
 
 /// Rejects a sealed delivery that reached a consumer of plain messages:
 /// verified as plain, its JWE would be handed on as the body.
-pub(crate) fn refuse_sealed(properties: &BasicProperties) -> Result<(), Rejection> {
+pub(crate) fn reject_sealed(properties: &BasicProperties) -> Result<(), Rejection> {
     if !is_sealed(properties) {
         return Ok(());
     }
@@ -355,8 +355,8 @@ mod tests {
     #[test]
     fn plain_consumer_refuses_marker() {
         let sealed = with_headers(&[(SEALED_HEADER, AMQPValue::LongString("1".into()))]);
-        assert_eq!(refuse_sealed(&sealed).unwrap_err().reason(), Reason::WrongType);
-        assert!(refuse_sealed(&BasicProperties::default()).is_ok());
+        assert_eq!(reject_sealed(&sealed).unwrap_err().reason(), Reason::WrongType);
+        assert!(reject_sealed(&BasicProperties::default()).is_ok());
     }
 
     #[test]

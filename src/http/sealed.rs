@@ -24,7 +24,7 @@ pub const JOSE_CONTENT_TYPE: &str = "application/jose";
 /// `Content-Type` of a body sealed to several recipients (JWE JSON serialization).
 pub const JOSE_JSON_CONTENT_TYPE: &str = "application/jose+json";
 
-/// Whether a request carries the sealed marker.
+/// Returns whether a request carries the sealed marker.
 pub(crate) fn is_sealed(headers: &HeaderMap) -> bool {
     headers.contains_key(SEALED_HEADER)
 }

@@ -1,6 +1,6 @@
 //! Sealed messages on core NATS: the payload is a JWE to the encryption keys
 //! of the audience, the token signs the JWE, and a `Trustwire-Sealed: 1`
-//! header tells the receiver to open it.
+//! header marks the message for opening.
 //!
 //! The marker is not authenticated, so it only routes a message to the
 //! right check. An [`OpeningSubscriber`] hands on nothing it did not open,
@@ -107,7 +107,7 @@ fn without_marker(user: &HeaderMap) -> HeaderMap {
     headers
 }
 
-/// Whether a received message carries the sealed marker, under any case.
+/// Returns whether a received message carries the sealed marker, under any case.
 pub(crate) fn is_sealed(headers: Option<&HeaderMap>) -> bool {
     let Some(headers) = headers else {
         return false;
@@ -120,7 +120,7 @@ pub(crate) fn is_sealed(headers: Option<&HeaderMap>) -> bool {
 
 /// Rejects a sealed message that reached a verifier for plain messages:
 /// verified as plain, its JWE would be handed on as the payload.
-pub(crate) fn refuse_sealed(message: &Message) -> Result<(), Rejection> {
+pub(crate) fn reject_sealed(message: &Message) -> Result<(), Rejection> {
     if !is_sealed(message.headers.as_ref()) {
         return Ok(());
     }
