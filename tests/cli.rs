@@ -913,6 +913,41 @@ fn inspect_labels_output_not_verified() {
 }
 
 #[test]
+fn verify_token_file_or_empty_is_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "not used").unwrap();
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, r#"{"keys":[]}"#).unwrap();
+    let trust = format!("orders={}", jwks_file.display());
+    let common = [
+        "verify",
+        "--trust",
+        trust.as_str(),
+        "--audience",
+        "payments",
+        "--channel",
+        "nats:x",
+    ];
+
+    let mut args: Vec<String> = common.iter().map(|arg| arg.to_string()).collect();
+    args.push(token_file.display().to_string());
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("is a file; read it from stdin with `- <"),
+        "{}",
+        stderr(&output)
+    );
+
+    let mut args: Vec<String> = common.iter().map(|arg| arg.to_string()).collect();
+    args.push("-".to_owned());
+    let output = run_with_stdin(&args, Vec::new());
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("the token is empty"), "{}", stderr(&output));
+}
+
+#[test]
 fn inspect_garbage_exits_1() {
     let inputs: [&[u8]; 7] = [
         b"",

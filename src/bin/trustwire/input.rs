@@ -77,6 +77,15 @@ pub(crate) fn read_token(argument: &str, limit: usize) -> Result<Vec<u8>, CliErr
         read_limited(std::io::stdin().lock(), Some(limit))
             .map_err(|err| CliError::usage(format!("cannot read the token from stdin: {err}")))?
     } else {
+        // A compact JWS has two dots and a JWE four; another argument that
+        // names a file is the common mistake of passing the file instead of
+        // `- < FILE`.
+        let dots = argument.matches('.').count();
+        if dots != 2 && dots != 4 && std::path::Path::new(argument).is_file() {
+            return Err(CliError::usage(format!(
+                "TOKEN is the token text, but {argument:?} is a file; read it from stdin with `- < {argument}`"
+            )));
+        }
         argument.as_bytes().to_vec()
     };
 

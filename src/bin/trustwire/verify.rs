@@ -127,6 +127,11 @@ pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode, CliError> {
         .map(|source| read_payload(source, Some(DEFAULT_MAX_PAYLOAD_BYTES + 1)))
         .transpose()?;
     let token = read_token(&args.token, DEFAULT_MAX_TOKEN_BYTES + 1)?;
+    if token.is_empty() {
+        return Err(CliError::usage(
+            "the token is empty; pass it as TOKEN or on stdin with -",
+        ));
+    }
     let token = String::from_utf8(token).map_err(|_| CliError::usage("the token is not UTF-8 text"))?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
