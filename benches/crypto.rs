@@ -11,16 +11,19 @@
 //!   does.
 //! - `verify`: trustwire's whole nine-step pipeline, with the issuer's JWKS
 //!   fetched from a loopback server and cached before the measurement, and
-//!   the in-memory replay guard on; the raw floors (`verify_strict`,
-//!   `verify`, aws-lc-rs); the peers, each also checking the digest.
+//!   with the in-memory replay guard on. Beside it, the raw floors
+//!   (`verify_strict` and aws-lc-rs, plus plain `verify` for reference) and
+//!   the peers, each also checking the digest.
 //! - `verify_batch`: 64 messages per iteration, verified one by one and with
 //!   `Verifier::verify_batch`, beside dalek's raw `verify_batch`.
 //! - `seal` and `open`: trustwire's sealed messages (JWE with ECDH-ES+A256KW,
 //!   A256GCM and X25519, plus the signed token over it) beside josekit doing
 //!   the same (JWE and a signed token), and josekit's JWE alone.
 //!
-//! Run `cargo bench --bench crypto`, then `python3 scripts/plot_benchmarks.py`
-//! to turn `target/criterion` into the table and plot in `docs/`.
+//! `cargo bench --bench crypto` is a criterion run. With `TRUSTWIRE_RATIOS=1`
+//! the harness runs the same groups interleaved instead (see `mod ratios`).
+//! `python3 scripts/plot_benchmarks.py` turns either into the tables and the
+//! plot of `docs/benchmarks.md`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -30,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group};
 use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -50,6 +53,10 @@ const SIZES: [(usize, &str); 4] = [
 
 /// Messages per iteration in the `verify_batch` group.
 const BATCH: usize = 64;
+
+/// Lifetime of the peers' tokens. A token signed once is verified over and
+/// over, for longer than trustwire's 60 s default on a busy machine.
+const PEER_TOKEN_LIFETIME_SECS: i64 = 3600;
 
 const ISSUER: &str = "orders";
 const AUDIENCE: &str = "payments";
@@ -164,7 +171,7 @@ impl PeerClaims {
             iss: ISSUER.to_owned(),
             aud: AUDIENCE.to_owned(),
             iat,
-            exp: iat + 60,
+            exp: iat + PEER_TOKEN_LIFETIME_SECS,
             jti: random_jti(),
             chn: CHANNEL.to_owned(),
             dig: payload_digest(payload),
@@ -526,7 +533,8 @@ fn jwt_simple_sign(key: &jwt_simple::prelude::Ed25519KeyPair, payload: &[u8]) ->
         chn: CHANNEL.to_owned(),
         dig: payload_digest(payload),
     };
-    let claims = Claims::with_custom_claims(binding, jwt_simple::prelude::Duration::from_secs(60))
+    let lifetime = jwt_simple::prelude::Duration::from_secs(PEER_TOKEN_LIFETIME_SECS as u64);
+    let claims = Claims::with_custom_claims(binding, lifetime)
         .with_issuer(ISSUER)
         .with_audience(AUDIENCE)
         .with_jwt_id(random_jti());
@@ -567,7 +575,9 @@ fn josekit_sign(signer: &josekit::jws::alg::eddsa::EddsaJwsSigner, kid: &str, pa
     claims.set_issuer(ISSUER);
     claims.set_audience(vec![AUDIENCE]);
     claims.set_claim("iat", Some(json!(iat))).unwrap();
-    claims.set_claim("exp", Some(json!(iat + 60))).unwrap();
+    claims
+        .set_claim("exp", Some(json!(iat + PEER_TOKEN_LIFETIME_SECS)))
+        .unwrap();
     claims.set_jwt_id(random_jti());
     claims.set_claim("chn", Some(json!(CHANNEL))).unwrap();
     claims.set_claim("dig", Some(json!(payload_digest(payload)))).unwrap();
@@ -600,4 +610,562 @@ criterion_group! {
     config = config();
     targets = sign, verify, verify_batch, seal_and_open
 }
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("TRUSTWIRE_RATIOS").is_some() {
+        ratios::run();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+/// The interleaved mode: `TRUSTWIRE_RATIOS=1 cargo bench --bench crypto`.
+///
+/// Criterion measures one implementation after another, so on a shared
+/// machine a change in load between two of them shows up as a ratio. This
+/// mode runs a short chunk of every implementation of a group in turn, round
+/// after round, and reports each one's median per-round ratio to the floor,
+/// which a change in load moves far less. It writes the results as JSON to
+/// `target/ratios.json` (or `TRUSTWIRE_RATIOS_OUT`), which
+/// `scripts/plot_benchmarks.py` reads.
+mod ratios {
+    use std::time::{Duration, Instant};
+
+    use serde::Serialize;
+
+    use super::*;
+
+    /// Time each implementation runs per size, summed over its chunks,
+    /// unless `TRUSTWIRE_RATIOS_SECONDS` sets another.
+    const BUDGET: Duration = Duration::from_secs(2);
+
+    /// Time one chunk should take.
+    const CHUNK_TIME: Duration = Duration::from_millis(4);
+
+    /// Runs `count` operations and returns the time the operations took,
+    /// without any setup such as signing the tokens to verify.
+    type Chunk<'a> = Box<dyn FnMut(usize) -> Duration + 'a>;
+
+    struct Row<'a> {
+        name: &'static str,
+        is_floor: bool,
+        chunk: Chunk<'a>,
+    }
+
+    #[derive(Serialize)]
+    struct Result {
+        group: &'static str,
+        implementation: &'static str,
+        size: &'static str,
+        ops_per_second: f64,
+        /// Median over rounds of this rate divided by the fastest floor
+        /// of the same round; `None` in groups without floors.
+        ratio_to_floor: Option<f64>,
+        /// Median over rounds of this rate divided by `trustwire single`,
+        /// in the `verify_batch` group.
+        ratio_to_single: Option<f64>,
+    }
+
+    fn timed(count: usize, mut operation: impl FnMut()) -> Duration {
+        let started = Instant::now();
+        for _ in 0..count {
+            operation();
+        }
+        started.elapsed()
+    }
+
+    pub(super) fn run() {
+        let keys = Keys::new();
+        let trustwire = Trustwire::new(&keys);
+        let peers = Peers::new(&keys);
+        let mut results = Vec::new();
+        let out = std::env::var("TRUSTWIRE_RATIOS_OUT").unwrap_or_else(|_| "target/ratios.json".to_owned());
+
+        for (size, label) in SIZES {
+            let payload = payload(size);
+            let batch_payloads: Vec<Vec<u8>> = (0..BATCH)
+                .map(|index| {
+                    let mut bytes = payload.clone();
+                    bytes[0] = index as u8;
+                    bytes
+                })
+                .collect();
+            for group in ["sign", "verify", "verify_batch", "seal", "open"] {
+                eprintln!("ratios: {group} at {label}");
+                let rows = rows(group, &keys, &trustwire, &peers, &payload, &batch_payloads);
+                results.extend(measure(group, label, rows));
+                // Written after every group, so an interrupted run keeps
+                // what it measured.
+                std::fs::write(&out, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+            }
+        }
+        eprintln!("ratios: wrote {out}");
+    }
+
+    /// Runs the rows of one group interleaved until each has run for `BUDGET`.
+    fn measure(group: &'static str, size: &'static str, mut rows: Vec<Row<'_>>) -> Vec<Result> {
+        let budget = std::env::var("TRUSTWIRE_RATIOS_SECONDS")
+            .ok()
+            .and_then(|seconds| seconds.parse().ok())
+            .map_or(BUDGET, Duration::from_secs_f64);
+
+        // One chunk each warms the caches and sizes the chunks.
+        let counts: Vec<usize> = rows
+            .iter_mut()
+            .map(|row| {
+                let per_operation = (row.chunk)(8).as_secs_f64() / 8.0;
+                ((CHUNK_TIME.as_secs_f64() / per_operation) as usize).max(1)
+            })
+            .collect();
+
+        let mut totals = vec![(Duration::ZERO, 0usize); rows.len()];
+        let mut rounds: Vec<Vec<f64>> = Vec::new();
+        while totals.iter().any(|(elapsed, _)| *elapsed < budget) {
+            let mut rates = Vec::with_capacity(rows.len());
+            for (index, row) in rows.iter_mut().enumerate() {
+                let elapsed = (row.chunk)(counts[index]);
+                totals[index].0 += elapsed;
+                totals[index].1 += counts[index];
+                rates.push(counts[index] as f64 / elapsed.as_secs_f64());
+            }
+            rounds.push(rates);
+            if rounds.len() % 100 == 0 {
+                eprintln!("ratios: {group} at {size}, round {}", rounds.len());
+            }
+        }
+
+        let median = |mut values: Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let has_floor = rows.iter().any(|row| row.is_floor);
+        let single = rows.iter().position(|row| row.name == "trustwire single");
+        rows.iter()
+            .enumerate()
+            .map(|(index, row)| {
+                let ratio_to_floor = has_floor.then(|| {
+                    median(
+                        rounds
+                            .iter()
+                            .map(|rates| {
+                                let floor = rows
+                                    .iter()
+                                    .zip(rates)
+                                    .filter(|(row, _)| row.is_floor)
+                                    .map(|(_, rate)| *rate)
+                                    .fold(0.0, f64::max);
+                                rates[index] / floor
+                            })
+                            .collect(),
+                    )
+                });
+                let ratio_to_single =
+                    single.map(|single| median(rounds.iter().map(|rates| rates[index] / rates[single]).collect()));
+                Result {
+                    group,
+                    implementation: row.name,
+                    size,
+                    ops_per_second: totals[index].1 as f64 / totals[index].0.as_secs_f64(),
+                    ratio_to_floor,
+                    ratio_to_single,
+                }
+            })
+            .collect()
+    }
+
+    /// The keys and reusable objects of every peer.
+    struct Peers {
+        jsonwebtoken_key: jsonwebtoken::EncodingKey,
+        jsonwebtoken_header: jsonwebtoken::Header,
+        jsonwebtoken_public: jsonwebtoken::DecodingKey,
+        jsonwebtoken_validation: jsonwebtoken::Validation,
+        jwt_simple_key: jwt_simple::prelude::Ed25519KeyPair,
+        jwt_simple_public: jwt_simple::prelude::Ed25519PublicKey,
+        josekit_signer: josekit::jws::alg::eddsa::EddsaJwsSigner,
+        josekit_verifier: josekit::jws::alg::eddsa::EddsaJwsVerifier,
+        jwe_header: josekit::jwe::JweHeader,
+        jwe_encrypter: josekit::jwe::alg::ecdh_es::EcdhEsJweEncrypter,
+        jwe_decrypter: josekit::jwe::alg::ecdh_es::EcdhEsJweDecrypter,
+        sealer: Sealer,
+        recipients: Vec<Recipient>,
+        receiver_key: std::cell::RefCell<Option<EncryptionKey>>,
+    }
+
+    impl Peers {
+        fn new(keys: &Keys) -> Self {
+            use josekit::jwk::KeyPair as _;
+            use josekit::jwk::alg::ecx::{EcxCurve, EcxKeyPair};
+
+            let mut jsonwebtoken_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+            jsonwebtoken_header.kid = Some(keys.kid.clone());
+            let mut jsonwebtoken_validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+            jsonwebtoken_validation.set_audience(&[AUDIENCE]);
+            jsonwebtoken_validation.set_issuer(&[ISSUER]);
+            let jwt_simple_key = jwt_simple_key_pair(keys);
+            let pair = EcxKeyPair::generate(EcxCurve::X25519).unwrap();
+            let mut jwe_header = josekit::jwe::JweHeader::new();
+            jwe_header.set_content_encryption("A256GCM");
+            let receiver_key = EncryptionKey::generate().unwrap();
+            let receiver_keys = JwkSet::default().with_encryption_keys(vec![receiver_key.public_key().clone()]);
+
+            Self {
+                jsonwebtoken_key: jsonwebtoken::EncodingKey::from_ed_der(&keys.pkcs8()),
+                jsonwebtoken_header,
+                jsonwebtoken_public: jsonwebtoken::DecodingKey::from_ed_der(&keys.public()),
+                jsonwebtoken_validation,
+                jwt_simple_public: jwt_simple_key.public_key(),
+                jwt_simple_key,
+                josekit_signer: josekit_signer(keys),
+                josekit_verifier: josekit_verifier(keys),
+                jwe_header,
+                jwe_encrypter: josekit::jwe::ECDH_ES_A256KW
+                    .encrypter_from_jwk(&pair.to_jwk_public_key())
+                    .unwrap(),
+                jwe_decrypter: josekit::jwe::ECDH_ES_A256KW
+                    .decrypter_from_jwk(&pair.to_jwk_private_key())
+                    .unwrap(),
+                sealer: Sealer::new(Signer::new(service(ISSUER), SigningKey::from_seed(&keys.seed).unwrap())),
+                recipients: vec![Recipient::from_jwks(service(AUDIENCE), &receiver_keys).unwrap()],
+                receiver_key: std::cell::RefCell::new(Some(receiver_key)),
+            }
+        }
+    }
+
+    fn rows<'a>(
+        group: &'static str,
+        keys: &'a Keys,
+        trustwire: &'a Trustwire,
+        peers: &'a Peers,
+        payload: &'a [u8],
+        batch_payloads: &'a [Vec<u8>],
+    ) -> Vec<Row<'a>> {
+        let row = |name, is_floor, chunk: Chunk<'a>| Row { name, is_floor, chunk };
+        let token = trustwire.sign(payload);
+        let input = signing_input(&token).as_bytes().to_vec();
+        let signature = ed25519_dalek::Signature::from_bytes(&signature_of(&token));
+        let public = keys.dalek.verifying_key();
+
+        match group {
+            "sign" => vec![
+                row(
+                    "ed25519-dalek",
+                    true,
+                    Box::new(move |count| {
+                        timed(count, || {
+                            black_box(Sha256::digest(black_box(payload)));
+                            black_box(keys.dalek.sign(&input));
+                        })
+                    }),
+                ),
+                row(
+                    "aws-lc-rs",
+                    true,
+                    Box::new({
+                        let input = signing_input(&token).as_bytes().to_vec();
+                        move |count| {
+                            timed(count, || {
+                                black_box(Sha256::digest(black_box(payload)));
+                                black_box(keys.aws.sign(&input));
+                            })
+                        }
+                    }),
+                ),
+                row(
+                    "trustwire",
+                    false,
+                    Box::new(move |count| timed(count, || drop(black_box(trustwire.sign(payload))))),
+                ),
+                row(
+                    "jsonwebtoken",
+                    false,
+                    Box::new(move |count| {
+                        timed(count, || {
+                            let claims = PeerClaims::new(payload);
+                            black_box(
+                                jsonwebtoken::encode(&peers.jsonwebtoken_header, &claims, &peers.jsonwebtoken_key)
+                                    .unwrap(),
+                            );
+                        })
+                    }),
+                ),
+                row(
+                    "jwt-simple",
+                    false,
+                    Box::new(move |count| {
+                        timed(count, || {
+                            drop(black_box(jwt_simple_sign(&peers.jwt_simple_key, payload)))
+                        })
+                    }),
+                ),
+                row(
+                    "josekit",
+                    false,
+                    Box::new(move |count| {
+                        timed(count, || {
+                            drop(black_box(josekit_sign(&peers.josekit_signer, &keys.kid, payload)))
+                        })
+                    }),
+                ),
+            ],
+            "verify" => {
+                let verifier = trustwire.verifier();
+                let expected = trustwire.expected(payload);
+                let jsonwebtoken_token = jsonwebtoken::encode(
+                    &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+                    &PeerClaims::new(payload),
+                    &peers.jsonwebtoken_key,
+                )
+                .unwrap();
+                let jwt_simple_token = jwt_simple_sign(&peers.jwt_simple_key, payload);
+                let jwt_simple_options = jwt_simple_options();
+                let josekit_token = josekit_sign(&peers.josekit_signer, &keys.kid, payload);
+                let aws_public =
+                    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, keys.public());
+                let strict_input = input.clone();
+                let plain_input = input.clone();
+                vec![
+                    row(
+                        "ed25519-dalek verify_strict",
+                        true,
+                        Box::new(move |count| {
+                            timed(count, || {
+                                black_box(Sha256::digest(black_box(payload)));
+                                public.verify_strict(&strict_input, &signature).unwrap();
+                            })
+                        }),
+                    ),
+                    row(
+                        "ed25519-dalek verify",
+                        false,
+                        Box::new(move |count| {
+                            timed(count, || {
+                                black_box(Sha256::digest(black_box(payload)));
+                                ed25519_dalek::Verifier::verify(&public, &plain_input, &signature).unwrap();
+                            })
+                        }),
+                    ),
+                    row(
+                        "aws-lc-rs",
+                        true,
+                        Box::new(move |count| {
+                            timed(count, || {
+                                black_box(Sha256::digest(black_box(payload)));
+                                aws_public.verify(&input, &signature.to_bytes()).unwrap();
+                            })
+                        }),
+                    ),
+                    row(
+                        "trustwire",
+                        false,
+                        Box::new(move |count| {
+                            let tokens: Vec<String> = (0..count).map(|_| trustwire.sign(payload)).collect();
+                            let started = Instant::now();
+                            trustwire.runtime.block_on(async {
+                                for token in &tokens {
+                                    verifier.verify(token, &expected).await.unwrap();
+                                }
+                            });
+                            started.elapsed()
+                        }),
+                    ),
+                    row(
+                        "jsonwebtoken",
+                        false,
+                        Box::new(move |count| {
+                            timed(count, || {
+                                let data = jsonwebtoken::decode::<PeerClaims>(
+                                    &jsonwebtoken_token,
+                                    &peers.jsonwebtoken_public,
+                                    &peers.jsonwebtoken_validation,
+                                )
+                                .unwrap();
+                                assert_eq!(data.claims.dig, payload_digest(payload));
+                            })
+                        }),
+                    ),
+                    row(
+                        "jwt-simple",
+                        false,
+                        Box::new(move |count| {
+                            use jwt_simple::prelude::EdDSAPublicKeyLike as _;
+                            timed(count, || {
+                                let claims = peers
+                                    .jwt_simple_public
+                                    .verify_token::<BindingClaims>(&jwt_simple_token, Some(jwt_simple_options.clone()))
+                                    .unwrap();
+                                assert_eq!(claims.custom.dig, payload_digest(payload));
+                            })
+                        }),
+                    ),
+                    row(
+                        "josekit",
+                        false,
+                        Box::new(move |count| {
+                            timed(count, || {
+                                josekit_verify(&peers.josekit_verifier, &josekit_token, payload)
+                            })
+                        }),
+                    ),
+                ]
+            }
+            "verify_batch" => {
+                let single_verifier = trustwire.verifier();
+                let batch_verifier = trustwire.verifier();
+                let expected: Vec<Expected<'a>> = batch_payloads
+                    .iter()
+                    .map(|payload| trustwire.expected(payload))
+                    .collect();
+                let batch_expected = expected.clone();
+                // Counts are messages, rounded up to whole batches of 64.
+                let sign_batches = move |count: usize| -> Vec<String> {
+                    let batches = count.div_ceil(BATCH);
+                    (0..batches * BATCH)
+                        .map(|index| trustwire.sign(&batch_payloads[index % BATCH]))
+                        .collect()
+                };
+                vec![
+                    row(
+                        "trustwire single",
+                        false,
+                        Box::new(move |count| {
+                            let tokens = sign_batches(count);
+                            let started = Instant::now();
+                            trustwire.runtime.block_on(async {
+                                for (index, token) in tokens.iter().enumerate() {
+                                    single_verifier.verify(token, &expected[index % BATCH]).await.unwrap();
+                                }
+                            });
+                            // Scaled to `count` messages, as the batch row is.
+                            started.elapsed().mul_f64(count as f64 / tokens.len() as f64)
+                        }),
+                    ),
+                    row(
+                        "trustwire batch",
+                        false,
+                        Box::new(move |count| {
+                            let tokens = sign_batches(count);
+                            let mut elapsed = Duration::ZERO;
+                            for batch in tokens.chunks(BATCH) {
+                                let messages: Vec<(&str, Expected<'_>)> = batch
+                                    .iter()
+                                    .zip(&batch_expected)
+                                    .map(|(token, expected)| (token.as_str(), expected.clone()))
+                                    .collect();
+                                let started = Instant::now();
+                                let results = trustwire.runtime.block_on(batch_verifier.verify_batch(&messages));
+                                elapsed += started.elapsed();
+                                assert!(results.iter().all(|result| result.is_ok()));
+                            }
+                            elapsed.mul_f64(count as f64 / tokens.len() as f64)
+                        }),
+                    ),
+                ]
+            }
+            "seal" => {
+                let seal = move || {
+                    peers
+                        .sealer
+                        .seal(&peers.recipients, trustwire.channel.clone(), payload)
+                        .unwrap()
+                };
+                vec![
+                    row(
+                        "trustwire",
+                        false,
+                        Box::new(move |count| timed(count, || drop(black_box(seal())))),
+                    ),
+                    row(
+                        "josekit",
+                        false,
+                        Box::new(move |count| {
+                            timed(count, || {
+                                let sealed =
+                                    josekit::jwe::serialize_compact(payload, &peers.jwe_header, &peers.jwe_encrypter)
+                                        .unwrap();
+                                black_box(josekit_sign(&peers.josekit_signer, &keys.kid, sealed.as_bytes()));
+                            })
+                        }),
+                    ),
+                    row(
+                        "josekit JWE only",
+                        false,
+                        Box::new(move |count| {
+                            timed(count, || {
+                                black_box(
+                                    josekit::jwe::serialize_compact(payload, &peers.jwe_header, &peers.jwe_encrypter)
+                                        .unwrap(),
+                                );
+                            })
+                        }),
+                    ),
+                ]
+            }
+            "open" => {
+                // The opener takes the receiver's key, so it is built once
+                // and shared by every size.
+                let opener = OPENER.with(|opener| {
+                    opener
+                        .get_or_init(|| {
+                            let key = peers.receiver_key.borrow_mut().take().unwrap();
+                            Opener::new(trustwire.verifier(), vec![key]).unwrap()
+                        })
+                        .clone()
+                });
+                let sealed = josekit::jwe::serialize_compact(payload, &peers.jwe_header, &peers.jwe_encrypter).unwrap();
+                let token = josekit_sign(&peers.josekit_signer, &keys.kid, sealed.as_bytes());
+                let sealed_only = sealed.clone();
+                vec![
+                    row(
+                        "trustwire",
+                        false,
+                        Box::new(move |count| {
+                            let messages: Vec<_> = (0..count)
+                                .map(|_| {
+                                    peers
+                                        .sealer
+                                        .seal(&peers.recipients, trustwire.channel.clone(), payload)
+                                        .unwrap()
+                                })
+                                .collect();
+                            let started = Instant::now();
+                            trustwire.runtime.block_on(async {
+                                for message in &messages {
+                                    let expected = Expected::message(trustwire.channel.clone(), &message.jwe);
+                                    opener.open(&message.token, &expected).await.unwrap();
+                                }
+                            });
+                            started.elapsed()
+                        }),
+                    ),
+                    row(
+                        "josekit",
+                        false,
+                        Box::new(move |count| {
+                            timed(count, || {
+                                josekit_verify(&peers.josekit_verifier, &token, sealed.as_bytes());
+                                black_box(josekit::jwe::deserialize_compact(&sealed, &peers.jwe_decrypter).unwrap());
+                            })
+                        }),
+                    ),
+                    row(
+                        "josekit JWE only",
+                        false,
+                        Box::new(move |count| {
+                            timed(count, || {
+                                black_box(
+                                    josekit::jwe::deserialize_compact(&sealed_only, &peers.jwe_decrypter).unwrap(),
+                                );
+                            })
+                        }),
+                    ),
+                ]
+            }
+            _ => unreachable!("unknown group {group}"),
+        }
+    }
+
+    thread_local! {
+        static OPENER: std::cell::OnceCell<Opener> = const { std::cell::OnceCell::new() };
+    }
+}
