@@ -46,7 +46,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a key directory with a new Ed25519 signing key and its public JWKS
+    /// Create a key directory with a new Ed25519 signing key, an X25519
+    /// encryption key and their public JWKS
     Keygen(keygen::KeygenArgs),
 
     /// Serve public keys (JWKS) over HTTP
