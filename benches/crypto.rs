@@ -730,7 +730,7 @@ mod ratios {
                 rates.push(counts[index] as f64 / elapsed.as_secs_f64());
             }
             rounds.push(rates);
-            if rounds.len() % 100 == 0 {
+            if rounds.len().is_multiple_of(100) {
                 eprintln!("ratios: {group} at {size}, round {}", rounds.len());
             }
         }

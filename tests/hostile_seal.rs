@@ -207,7 +207,7 @@ struct BitWriter {
 impl BitWriter {
     fn bits(&mut self, value: u32, count: u32) {
         for index in 0..count {
-            if self.filled % 8 == 0 {
+            if self.filled.is_multiple_of(8) {
                 self.bytes.push(0);
             }
             let bit = ((value >> index) & 1) as u8;

@@ -346,10 +346,10 @@ impl<'a> TokenBuilder<'a> {
         };
         let ttl = self.ttl.unwrap_or(inner.ttl);
         check_ttl(ttl, inner.max_ttl)?;
-        if let Some(subject) = self.subject {
-            if subject.is_empty() || subject.len() > 1024 {
-                return Err(SignError::InvalidSubject("it must be 1 to 1024 bytes"));
-            }
+        if let Some(subject) = self.subject
+            && (subject.is_empty() || subject.len() > 1024)
+        {
+            return Err(SignError::InvalidSubject("it must be 1 to 1024 bytes"));
         }
 
         let jti = match self.jti {

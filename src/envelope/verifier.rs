@@ -447,17 +447,17 @@ impl Verifier {
                 ),
             ));
         }
-        if let Some(payload) = expected.payload {
-            if payload.len() > inner.max_payload_bytes {
-                return Err(Rejection::new(
-                    Reason::TooLarge,
-                    format!(
-                        "payload is {} bytes, above the limit of {}",
-                        payload.len(),
-                        inner.max_payload_bytes
-                    ),
-                ));
-            }
+        if let Some(payload) = expected.payload
+            && payload.len() > inner.max_payload_bytes
+        {
+            return Err(Rejection::new(
+                Reason::TooLarge,
+                format!(
+                    "payload is {} bytes, above the limit of {}",
+                    payload.len(),
+                    inner.max_payload_bytes
+                ),
+            ));
         }
 
         // Steps 2 and 3: strict encoding, then the header.
@@ -565,13 +565,13 @@ impl Verifier {
                 format!("iat is {} s in the future", claims.iat - now),
             ));
         }
-        if let Some(nbf) = claims.nbf {
-            if nbf > now + inner.leeway {
-                return Err(Rejection::new(
-                    Reason::NotYetValid,
-                    format!("nbf is {} s in the future", nbf - now),
-                ));
-            }
+        if let Some(nbf) = claims.nbf
+            && nbf > now + inner.leeway
+        {
+            return Err(Rejection::new(
+                Reason::NotYetValid,
+                format!("nbf is {} s in the future", nbf - now),
+            ));
         }
         if claims.exp - claims.iat > inner.max_lifetime {
             return Err(Rejection::new(

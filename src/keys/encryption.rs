@@ -265,19 +265,19 @@ impl EncryptionPublicKey {
             return Ok(ParsedEncryptionJwk::NotEncryption);
         }
 
-        if let Some(key_use) = key_use {
-            if key_use != "enc" {
-                return Ok(ParsedEncryptionJwk::Skipped(format!(
-                    "an X25519 key with \"use\" {key_use:?}, not \"enc\""
-                )));
-            }
+        if let Some(key_use) = key_use
+            && key_use != "enc"
+        {
+            return Ok(ParsedEncryptionJwk::Skipped(format!(
+                "an X25519 key with \"use\" {key_use:?}, not \"enc\""
+            )));
         }
-        if let Some(alg) = alg {
-            if alg != KEY_MANAGEMENT_ALG {
-                return Ok(ParsedEncryptionJwk::Skipped(format!(
-                    "\"alg\" {alg:?} is not {KEY_MANAGEMENT_ALG:?}"
-                )));
-            }
+        if let Some(alg) = alg
+            && alg != KEY_MANAGEMENT_ALG
+        {
+            return Ok(ParsedEncryptionJwk::Skipped(format!(
+                "\"alg\" {alg:?} is not {KEY_MANAGEMENT_ALG:?}"
+            )));
         }
         if let Some(ops) = jwk.get("key_ops") {
             let agrees = ops.as_array().is_some_and(|ops| {
@@ -452,12 +452,12 @@ impl EncryptionKey {
     }
 
     fn from_private_jwk_map(jwk: &Map<String, Value>) -> Result<Self, KeyError> {
-        if let Some(key_use) = string_member(jwk, "use")? {
-            if key_use != "enc" {
-                return Err(KeyError::InvalidJwk(format!(
-                    "an encryption key must have \"use\": \"enc\", not {key_use:?}"
-                )));
-            }
+        if let Some(key_use) = string_member(jwk, "use")?
+            && key_use != "enc"
+        {
+            return Err(KeyError::InvalidJwk(format!(
+                "an encryption key must have \"use\": \"enc\", not {key_use:?}"
+            )));
         }
         let d = string_member(jwk, "d")?.ok_or(KeyError::InvalidJwk("private key without \"d\"".into()))?;
         let d = Zeroizing::new(b64_decode(d).map_err(|_| KeyError::InvalidJwk("\"d\" is not base64url".into()))?);
@@ -480,13 +480,13 @@ impl EncryptionKey {
         if declared != key.public.point {
             return Err(KeyError::MismatchedPrivateKey);
         }
-        if let Some(kid) = string_member(jwk, "kid")? {
-            if kid != key.kid() {
-                return Err(KeyError::InvalidJwk(format!(
-                    "\"kid\" {kid:?} is not the key's RFC 7638 thumbprint {:?}",
-                    key.kid()
-                )));
-            }
+        if let Some(kid) = string_member(jwk, "kid")?
+            && kid != key.kid()
+        {
+            return Err(KeyError::InvalidJwk(format!(
+                "\"kid\" {kid:?} is not the key's RFC 7638 thumbprint {:?}",
+                key.kid()
+            )));
         }
         Ok(key)
     }

@@ -166,10 +166,10 @@ impl PublicKey {
         let crv = string_member(jwk, "crv")?.unwrap_or_default();
         let declared_kid = string_member(jwk, "kid")?;
 
-        if let Some(key_use) = string_member(jwk, "use")? {
-            if key_use != "sig" {
-                return Ok(ParsedJwk::Skipped(format!("\"use\" is {key_use:?}, not \"sig\"")));
-            }
+        if let Some(key_use) = string_member(jwk, "use")?
+            && key_use != "sig"
+        {
+            return Ok(ParsedJwk::Skipped(format!("\"use\" is {key_use:?}, not \"sig\"")));
         }
         if let Some(ops) = jwk.get("key_ops") {
             let verifies = ops
@@ -227,10 +227,10 @@ impl PublicKey {
             material,
             pinned_alg,
         };
-        if let Some(alg) = pinned_alg {
-            if !key.allows(alg) {
-                return Ok(ParsedJwk::Skipped(format!("\"alg\" {alg} does not match the key type")));
-            }
+        if let Some(alg) = pinned_alg
+            && !key.allows(alg)
+        {
+            return Ok(ParsedJwk::Skipped(format!("\"alg\" {alg} does not match the key type")));
         }
         Ok(ParsedJwk::Signing(key))
     }

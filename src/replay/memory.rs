@@ -91,15 +91,15 @@ impl MemoryReplayGuard {
         let mut inner = self.lock();
 
         let delivery = delivery_hash(entry);
-        if let Some(&(expires_at, recorded_delivery)) = inner.entries.get(&key) {
-            if expires_at >= now {
-                let redelivery = delivery != 0 && recorded_delivery == delivery;
-                return Ok(if redelivery {
-                    ReplayStatus::Fresh
-                } else {
-                    ReplayStatus::Replayed
-                });
-            }
+        if let Some(&(expires_at, recorded_delivery)) = inner.entries.get(&key)
+            && expires_at >= now
+        {
+            let redelivery = delivery != 0 && recorded_delivery == delivery;
+            return Ok(if redelivery {
+                ReplayStatus::Fresh
+            } else {
+                ReplayStatus::Replayed
+            });
         }
 
         // Sweep at most once a second, or whenever the map is full.

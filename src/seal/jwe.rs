@@ -94,10 +94,8 @@ pub(crate) fn encrypt(
     }
 
     let single = entries.len() == 1;
-    if single {
-        if let Some((header, _)) = entries.first_mut() {
-            protected.append(header);
-        }
+    if single && let Some((header, _)) = entries.first_mut() {
+        protected.append(header);
     }
     let protected_b64 = b64_encode(Value::Object(protected).to_string().as_bytes());
 
@@ -495,10 +493,10 @@ fn choose_recipient<'k>(
         if !kids.insert(kid) {
             return Err(malformed(format!("two recipient entries name kid {kid:?}")));
         }
-        if chosen.is_none() {
-            if let Some(key) = keys.iter().find(|key| key.kid() == kid) {
-                chosen = Some((index, key));
-            }
+        if chosen.is_none()
+            && let Some(key) = keys.iter().find(|key| key.kid() == kid)
+        {
+            chosen = Some((index, key));
         }
     }
 

@@ -195,13 +195,13 @@ impl IdentityProvider {
             return Err(Rejection::new(Reason::Expired, format!("expired {} s ago", now - exp)));
         }
         for name in ["nbf", "iat"] {
-            if let Some(time) = numeric_date(claims, name)? {
-                if time > now.saturating_add(self.leeway) {
-                    return Err(Rejection::new(
-                        Reason::NotYetValid,
-                        format!("{name} is {} s in the future", time - now),
-                    ));
-                }
+            if let Some(time) = numeric_date(claims, name)?
+                && time > now.saturating_add(self.leeway)
+            {
+                return Err(Rejection::new(
+                    Reason::NotYetValid,
+                    format!("{name} is {} s in the future", time - now),
+                ));
             }
         }
         Ok(())

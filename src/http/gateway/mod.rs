@@ -379,42 +379,42 @@ impl Gateway {
     async fn authenticate(&self, headers: &HeaderMap) -> Result<String, Denial> {
         let inner = &self.inner;
 
-        if !inner.api_keys.is_empty() {
-            if let Some(value) = headers.get(&inner.api_key_header) {
-                let consumer = value
-                    .to_str()
-                    .ok()
-                    .and_then(|key| inner.api_keys.authenticate(key.trim()));
-                return match consumer {
-                    Some(consumer) => Ok(consumer.to_owned()),
-                    None => Err(Denial::new(
-                        StatusCode::UNAUTHORIZED,
-                        INVALID_API_KEY,
-                        "the API key matches no stored hash",
-                    )),
-                };
-            }
+        if !inner.api_keys.is_empty()
+            && let Some(value) = headers.get(&inner.api_key_header)
+        {
+            let consumer = value
+                .to_str()
+                .ok()
+                .and_then(|key| inner.api_keys.authenticate(key.trim()));
+            return match consumer {
+                Some(consumer) => Ok(consumer.to_owned()),
+                None => Err(Denial::new(
+                    StatusCode::UNAUTHORIZED,
+                    INVALID_API_KEY,
+                    "the API key matches no stored hash",
+                )),
+            };
         }
 
-        if !inner.providers.is_empty() {
-            if let Some(value) = headers.get(AUTHORIZATION) {
-                let token = value
-                    .to_str()
-                    .ok()
-                    .and_then(|value| value.split_once(' '))
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                    .map(|(_, token)| token.trim());
-                let Some(token) = token else {
-                    return Err(Denial::new(
-                        StatusCode::UNAUTHORIZED,
-                        crate::Reason::Malformed.code(),
-                        "the Authorization header is not a Bearer token",
-                    ));
-                };
-                return idp::authenticate(&inner.providers, token)
-                    .await
-                    .map_err(|rejection| Denial::from_rejection(&rejection));
-            }
+        if !inner.providers.is_empty()
+            && let Some(value) = headers.get(AUTHORIZATION)
+        {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|value| value.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim());
+            let Some(token) = token else {
+                return Err(Denial::new(
+                    StatusCode::UNAUTHORIZED,
+                    crate::Reason::Malformed.code(),
+                    "the Authorization header is not a Bearer token",
+                ));
+            };
+            return idp::authenticate(&inner.providers, token)
+                .await
+                .map_err(|rejection| Denial::from_rejection(&rejection));
         }
 
         Err(Denial::new(
