@@ -43,8 +43,8 @@ const MAX_KID_LEN: usize = 256;
 /// read (`b64`, `crit`, `zip`) or mark a JWE (`enc`).
 const FORBIDDEN_HEADERS: [&str; 8] = ["crit", "b64", "jku", "jwk", "x5u", "x5c", "zip", "enc"];
 
-/// What the receiver expects a token to be bound to: the channel or request
-/// that actually arrived and its payload.
+/// The binding a receiver expects a token to carry: the channel or request
+/// that actually arrived, and its payload.
 #[derive(Debug, Clone)]
 pub struct Expected<'a> {
     binding: Binding,
@@ -114,8 +114,8 @@ pub struct Verified {
     pub kid: String,
     /// The algorithm from the header.
     pub alg: Algorithm,
-    /// What the replay guard recorded, to forget it if the message is not
-    /// processed and will be redelivered.
+    /// The replay guard's record of this token, passed to `Verifier::forget`
+    /// when the message is not processed and will be redelivered.
     pub replay_entry: ReplayEntry,
 }
 
@@ -202,7 +202,7 @@ impl VerifierBuilder {
     /// Accepts tokens from `issuers` that have no `dig` claim although a
     /// payload arrived. Default: no issuer; every token must bind the payload.
     ///
-    /// This is for an edge gateway's forward-auth endpoint: it answers a
+    /// This is for an edge gateway's forward-auth endpoint: it responds to a
     /// subrequest that carries no body, so the tokens it mints cannot bind
     /// one. The body of such a request is then protected only by the token's
     /// short lifetime, its `htm`/`htu` binding and the replay guard. A token

@@ -616,7 +616,7 @@ impl Inner {
     }
 
     /// Loads the snapshot file when the cache has never held keys, once.
-    /// The caller holds the fetch gate, so no fetch can store keys meanwhile.
+    /// The caller has locked the fetch gate, so no fetch can store keys meanwhile.
     async fn load_snapshot_after_first_failure(&self) {
         let Some(path) = &self.snapshot else {
             return;
@@ -653,7 +653,7 @@ impl Inner {
         state.refresh_at = Some(now);
         state.fresh_until = Some(now);
         state.usable_until = Some(later(now, remaining));
-        // The warning above already said that these keys are stale.
+        // The warning above already reported that these keys are stale.
         state.stale_warned = true;
     }
 

@@ -87,7 +87,7 @@ impl KeyDir {
     /// (`use: enc`, `alg: ECDH-ES+A256KW`), and writes the private keys
     /// (mode 0600), the manifest and `jwks.json`, which publishes both.
     ///
-    /// Fails if `dir` already holds a key directory, so keys are never
+    /// Fails if `dir` already contains a key directory, so keys are never
     /// overwritten by accident.
     pub fn create(dir: &Path, service: ServiceId) -> Result<Self, KeyError> {
         let io = |source| KeyError::Io {

@@ -40,7 +40,7 @@ impl Default for DeadLetter {
 
 impl DeadLetter {
     /// Copies rejected messages to `subject` with a core NATS publish. The
-    /// copy is lost if nobody subscribes and no stream captures the subject.
+    /// copy is lost if no client subscribes and no stream captures the subject.
     pub fn subject(subject: impl Into<String>) -> Self {
         Self {
             subject: subject.into(),

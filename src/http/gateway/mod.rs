@@ -15,7 +15,7 @@
 //! 3. picks the upstream by the longest matching [`Route`] prefix (403
 //!    `no_route` when none matches, 403 `not_allowed` when the route does
 //!    not allow the consumer);
-//! 4. answers 200 with an internal token in the token header
+//! 4. returns 200 with an internal token in the token header
 //!    (`Authorization: Bearer <token>` by default): `iss` is the gateway,
 //!    `sub` the consumer, `aud` the upstream, `htm`/`htu` the original
 //!    request. The subrequest has no body, so the token has no `dig`; the
