@@ -3,6 +3,7 @@
 
 use super::rejection::Rejection;
 use super::verifier::{Admitted, Expected, Verified, Verifier};
+use crate::keys::has_strict_ed25519_encoding;
 
 /// Maximum number of Ed25519 signatures checked in one batch equation.
 ///
@@ -24,7 +25,7 @@ impl Verifier {
     /// multiscalar equation (`ed25519_dalek::verify_batch`), which costs
     /// about half as much per signature as checking them one at a time.
     /// When the equation fails, every signature of that batch is checked on
-    /// its own with `verify_strict`, and only the bad ones are rejected as
+    /// its own by single verification, and only the bad ones are rejected as
     /// `bad_signature`. A batch with a bad signature therefore costs about
     /// 1.5 times as much as single verification. ES256 signatures are always
     /// checked one at a time.
@@ -131,11 +132,15 @@ struct Ed25519Check<'t> {
 }
 
 impl<'t> Ed25519Check<'t> {
-    /// `None` for an ES256 key or a signature that is not 64 bytes long;
-    /// those are checked one at a time.
+    /// `None` for an ES256 key, a signature that is not 64 bytes long, or
+    /// one with a non-canonical s or a small-order R. Those are checked one
+    /// at a time, where the last two are rejected as `verify_strict` would.
     fn of(token: &'t Admitted<'_>) -> Option<Self> {
         let key = token.key.ed25519_key()?;
         let signature = <[u8; 64]>::try_from(token.parsed.signature.as_slice()).ok()?;
+        if !has_strict_ed25519_encoding(&signature) {
+            return None;
+        }
         Some(Self {
             signing_input: token.parsed.signing_input.as_bytes(),
             signature: ed25519_dalek::Signature::from_bytes(&signature),
@@ -147,8 +152,9 @@ impl<'t> Ed25519Check<'t> {
 /// Whether every signature in `chunk` verifies, by one batch equation.
 ///
 /// NOTE: the batch equation is looser than `verify_strict` in one way: it
-/// does not reject a nonce point R of small order, nor one with a
-/// small-order component. Single verification rejects such a signature as
+/// does not reject a nonce point R with a small-order component (a nonce R
+/// of small order never gets here: `Ed25519Check::of` sends it to single
+/// verification). Single verification rejects such a signature as
 /// `bad_signature`. Only the holder of the private key can make one, so a
 /// token that passes here was still signed by the key's owner.
 fn batch_verifies(chunk: &[(usize, Ed25519Check<'_>)]) -> bool {

@@ -25,8 +25,185 @@ pub struct PublicKey {
 
 #[derive(Clone)]
 enum Material {
-    Ed25519(ed25519_dalek::VerifyingKey),
+    Ed25519(Ed25519Key),
     P256(p256::ecdsa::VerifyingKey),
+}
+
+/// An Ed25519 public key, parsed once for each verification backend.
+#[derive(Clone)]
+struct Ed25519Key {
+    /// Used by batch verification, and by single verification unless
+    /// aws-lc-rs is the faster backend (see `dalek_verifies_faster`).
+    dalek: ed25519_dalek::VerifyingKey,
+    #[cfg(feature = "aws-lc-rs")]
+    aws_lc: std::sync::Arc<aws_lc_rs::signature::ParsedPublicKey>,
+}
+
+impl Ed25519Key {
+    /// Parses a key that was already screened: canonical and not of small order.
+    fn new(dalek: ed25519_dalek::VerifyingKey) -> Result<Self, KeyError> {
+        Ok(Self {
+            #[cfg(feature = "aws-lc-rs")]
+            aws_lc: std::sync::Arc::new(
+                aws_lc_rs::signature::ParsedPublicKey::new(&aws_lc_rs::signature::ED25519, dalek.as_bytes())
+                    .map_err(|_| KeyError::InvalidJwk("aws-lc-rs rejected the Ed25519 public key".into()))?,
+            ),
+            dalek,
+        })
+    }
+
+    /// Checks `signature` over `message` with the rules of ed25519-dalek's
+    /// `verify_strict`, with the faster backend on this CPU.
+    ///
+    /// `verify_strict` accepts (R, s) when s is below the group order L, R
+    /// and A are not of small order, and the encoding of [s]B - [k]A equals
+    /// the 32 bytes of R. ed25519-dalek's plain `verify` and aws-lc-rs
+    /// (`ED25519_verify`) check s and compare the same encoding, but accept
+    /// a small-order R, which the key's owner can make: R = identity with
+    /// s = k·a. The explicit check below rejects it first, and keys of
+    /// small order never load, so both backends accept exactly the
+    /// signatures that `verify_strict` accepts.
+    fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        if !has_strict_ed25519_encoding(signature) {
+            return false;
+        }
+
+        #[cfg(feature = "aws-lc-rs")]
+        if !dalek_verifies_faster() {
+            return self.verify_with_aws_lc(message, signature);
+        }
+        self.verify_with_dalek(message, signature)
+    }
+
+    /// The curve arithmetic of [`Ed25519Key::verify`] by ed25519-dalek.
+    fn verify_with_dalek(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        use ed25519_dalek::Verifier as _;
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
+        self.dalek.verify(message, &signature).is_ok()
+    }
+
+    /// The curve arithmetic of [`Ed25519Key::verify`] by aws-lc-rs.
+    #[cfg(feature = "aws-lc-rs")]
+    fn verify_with_aws_lc(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        self.aws_lc.verify_sig(message, signature).is_ok()
+    }
+}
+
+/// Whether ed25519-dalek verifies faster than aws-lc-rs here: when it was
+/// built with its AVX-512 IFMA backend and the CPU has AVX-512 IFMA and VL,
+/// the features that backend needs. Measured in docs/benchmarks.md on one
+/// such x86_64 CPU. Elsewhere aws-lc-rs was the faster one.
+#[cfg(feature = "aws-lc-rs")]
+fn dalek_verifies_faster() -> bool {
+    #[cfg(all(target_arch = "x86_64", curve25519_dalek_backend = "avx512"))]
+    {
+        std::arch::is_x86_feature_detected!("avx512ifma") && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(all(target_arch = "x86_64", curve25519_dalek_backend = "avx512")))]
+    {
+        false
+    }
+}
+
+/// The group order L = 2^252 + 27742317777372353535851937790883648493,
+/// little-endian.
+const GROUP_ORDER_LE: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,
+];
+
+/// The field prime p = 2^255 - 19, little-endian.
+const FIELD_PRIME_LE: [u8; 32] = [
+    0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+];
+
+/// The canonical encodings of the eight points of order 1, 2, 4 and 8 on
+/// edwards25519. A non-canonical encoding of one of them never equals the
+/// canonical encoding that verification computes, so it needs no entry.
+const SMALL_ORDER_ENCODINGS: [[u8; 32]; 8] = [
+    // The identity (0, 1), order 1.
+    hex32("0100000000000000000000000000000000000000000000000000000000000000"),
+    // (0, -1), order 2.
+    hex32("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    // (±sqrt(-1), 0), order 4.
+    hex32("0000000000000000000000000000000000000000000000000000000000000000"),
+    hex32("0000000000000000000000000000000000000000000000000000000000000080"),
+    // The four points of order 8.
+    hex32("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+    hex32("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85"),
+    hex32("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+    hex32("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa"),
+];
+
+/// Decodes 64 hex digits at compile time.
+const fn hex32(hex: &str) -> [u8; 32] {
+    const fn nibble(digit: u8) -> u8 {
+        match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => panic!("not a lowercase hex digit"),
+        }
+    }
+    let hex = hex.as_bytes();
+    assert!(hex.len() == 64, "expected 64 hex digits");
+    let mut out = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        out[i] = (nibble(hex[2 * i]) << 4) | nibble(hex[2 * i + 1]);
+        i += 1;
+    }
+    out
+}
+
+/// Whether the little-endian integer `value` is below `bound`.
+fn is_below_le(value: &[u8], bound: &[u8; 32]) -> bool {
+    for (byte, bound_byte) in value.iter().rev().zip(bound.iter().rev()) {
+        if byte != bound_byte {
+            return byte < bound_byte;
+        }
+    }
+    false
+}
+
+/// Whether an Ed25519 signature passes the encoding checks that come
+/// before the curve arithmetic: s below the group order and R not of small
+/// order.
+pub(crate) fn has_strict_ed25519_encoding(signature: &[u8; 64]) -> bool {
+    let (r, s) = signature.split_at(32);
+    is_canonical_scalar(s) && !is_small_order_encoding(r)
+}
+
+/// Whether the 32-byte little-endian scalar `s` is below the group order.
+fn is_canonical_scalar(s: &[u8]) -> bool {
+    s.len() == 32 && is_below_le(s, &GROUP_ORDER_LE)
+}
+
+/// Whether `r` is the canonical encoding of a point of small order.
+fn is_small_order_encoding(r: &[u8]) -> bool {
+    SMALL_ORDER_ENCODINGS.iter().any(|point| point.as_slice() == r)
+}
+
+/// Whether an Ed25519 point encoding is canonical: its y coordinate (the
+/// low 255 bits) is below the field prime. Decoders that reduce y modulo p
+/// would give the point a second encoding, and with it a second `kid`.
+fn is_canonical_point_encoding(encoding: &[u8; 32]) -> bool {
+    let mut y = *encoding;
+    y[31] &= 0x7f;
+    is_below_le(&y, &FIELD_PRIME_LE)
+}
+
+/// Screens an Ed25519 public key before it verifies anything.
+fn screen_ed25519(key: ed25519_dalek::VerifyingKey) -> Result<Ed25519Key, KeyError> {
+    if key.is_weak() {
+        return Err(KeyError::WeakKey);
+    }
+    if !is_canonical_point_encoding(key.as_bytes()) {
+        return Err(KeyError::InvalidJwk(
+            "Ed25519 \"x\" is not a canonical encoding: its y coordinate is at or above the field prime".into(),
+        ));
+    }
+    Ed25519Key::new(key)
 }
 
 /// The outcome of parsing one JWK of a set.
@@ -45,10 +222,8 @@ pub(crate) enum ParsedJwk {
 impl PublicKey {
     /// Wraps an Ed25519 verifying key, rejecting small-order (weak) keys.
     pub fn ed25519(key: ed25519_dalek::VerifyingKey) -> Result<Self, KeyError> {
-        if key.is_weak() {
-            return Err(KeyError::WeakKey);
-        }
-        let x = crate::encoding::b64_encode(key.as_bytes());
+        let key = screen_ed25519(key)?;
+        let x = crate::encoding::b64_encode(key.dalek.as_bytes());
         Ok(Self {
             kid: okp_thumbprint("Ed25519", &x),
             material: Material::Ed25519(key),
@@ -85,13 +260,10 @@ impl PublicKey {
     pub(crate) fn verify_signature(&self, signing_input: &[u8], signature: &[u8]) -> bool {
         match &self.material {
             Material::Ed25519(key) => {
-                let Ok(bytes) = <[u8; 64]>::try_from(signature) else {
+                let Ok(signature) = <&[u8; 64]>::try_from(signature) else {
                     return false;
                 };
-                let signature = ed25519_dalek::Signature::from_bytes(&bytes);
-                // verify_strict rejects non-canonical and malleable encodings
-                // and small-order components that plain verify accepts.
-                key.verify_strict(signing_input, &signature).is_ok()
+                key.verify(signing_input, signature)
             }
             Material::P256(key) => {
                 // JWS ES256 signatures are the 64-byte R || S form (RFC 7518
@@ -112,7 +284,7 @@ impl PublicKey {
     #[allow(dead_code)]
     pub(crate) fn ed25519_key(&self) -> Option<&ed25519_dalek::VerifyingKey> {
         match &self.material {
-            Material::Ed25519(key) => Some(key),
+            Material::Ed25519(key) => Some(&key.dalek),
             Material::P256(_) => None,
         }
     }
@@ -129,7 +301,7 @@ impl PublicKey {
             Material::Ed25519(key) => {
                 jwk.insert("kty".into(), "OKP".into());
                 jwk.insert("crv".into(), "Ed25519".into());
-                jwk.insert("x".into(), crate::encoding::b64_encode(key.as_bytes()).into());
+                jwk.insert("x".into(), crate::encoding::b64_encode(key.dalek.as_bytes()).into());
                 if let Some(alg) = self.pinned_alg {
                     jwk.insert("alg".into(), alg.name().into());
                 }
@@ -196,10 +368,7 @@ impl PublicKey {
                 ))?;
                 let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
                     .map_err(|_| KeyError::InvalidJwk("Ed25519 \"x\" is not a valid point".into()))?;
-                if key.is_weak() {
-                    return Err(KeyError::WeakKey);
-                }
-                (Material::Ed25519(key), okp_thumbprint("Ed25519", x))
+                (Material::Ed25519(screen_ed25519(key)?), okp_thumbprint("Ed25519", x))
             }
             ("EC", "P-256") => {
                 let x = string_member(jwk, "x")?.ok_or(KeyError::InvalidJwk("P-256 key without \"x\"".into()))?;
@@ -255,5 +424,205 @@ impl fmt::Debug for PublicKey {
             .field("kid", &self.kid)
             .field("type", &kind)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use curve25519_dalek::Scalar;
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    use ed25519_dalek::Signer as _;
+    use sha2::{Digest, Sha512};
+
+    use super::*;
+
+    fn signing_key(seed: u8) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn screened(key: &ed25519_dalek::SigningKey) -> Ed25519Key {
+        screen_ed25519(key.verifying_key()).unwrap()
+    }
+
+    /// The result of every backend, which must agree.
+    fn backends_agree(key: &Ed25519Key, message: &[u8], signature: &[u8; 64]) -> bool {
+        let dalek = key.verify_with_dalek(message, signature);
+        #[cfg(feature = "aws-lc-rs")]
+        {
+            let aws_lc = key.verify_with_aws_lc(message, signature);
+            assert_eq!(dalek, aws_lc, "the backends disagree on {signature:02x?}");
+        }
+        dalek
+    }
+
+    fn verify_strict(key: &ed25519_dalek::SigningKey, message: &[u8], signature: &[u8; 64]) -> bool {
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
+        key.verifying_key().verify_strict(message, &signature).is_ok()
+    }
+
+    /// Adds L to a canonical scalar: the same point, a second encoding.
+    fn add_group_order(s: &[u8]) -> [u8; 32] {
+        let mut sum = [0u8; 32];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let total = u16::from(s[i]) + u16::from(GROUP_ORDER_LE[i]) + carry;
+            sum[i] = total as u8;
+            carry = total >> 8;
+        }
+        sum
+    }
+
+    #[test]
+    fn small_order_table_lists_all_eight_points() {
+        let mut seen = Vec::new();
+        for encoding in SMALL_ORDER_ENCODINGS {
+            let point = CompressedEdwardsY(encoding).decompress().expect("a point on the curve");
+            assert!(point.is_small_order(), "{encoding:02x?} is not of small order");
+            assert_eq!(
+                point.compress().to_bytes(),
+                encoding,
+                "{encoding:02x?} is not canonical"
+            );
+            assert!(!seen.contains(&encoding), "{encoding:02x?} is listed twice");
+            seen.push(encoding);
+        }
+        // The torsion subgroup of edwards25519 has exactly eight points.
+        assert_eq!(seen.len(), 8);
+    }
+
+    #[test]
+    fn scalar_bound_is_group_order() {
+        let order = GROUP_ORDER_LE;
+        let mut below = order;
+        below[0] -= 1;
+        assert!(bool::from(Scalar::from_canonical_bytes(order).is_none()));
+        assert!(bool::from(Scalar::from_canonical_bytes(below).is_some()));
+        assert!(!is_canonical_scalar(&order));
+        assert!(is_canonical_scalar(&below));
+        assert!(is_canonical_scalar(&[0u8; 32]));
+        assert!(!is_canonical_scalar(&[0xff; 32]));
+    }
+
+    #[test]
+    fn valid_signatures_verify() {
+        for seed in 0..32u8 {
+            let key = signing_key(seed);
+            let message = vec![seed; usize::from(seed) * 7];
+            let signature = key.sign(&message).to_bytes();
+            assert!(screened(&key).verify(&message, &signature), "seed {seed}");
+            assert!(backends_agree(&screened(&key), &message, &signature), "seed {seed}");
+        }
+    }
+
+    /// The key's owner can sign with R = identity and s = k·a: cofactorless
+    /// verification computes [s]B - [k]A = identity and accepts it, but
+    /// `verify_strict` rejects a small-order R, and so must trustwire.
+    #[test]
+    fn identity_nonce_signature_rejected() {
+        let key = signing_key(7);
+        let public = key.verifying_key();
+        let message = b"orders.created";
+        let r = SMALL_ORDER_ENCODINGS[0];
+
+        let mut hasher = Sha512::new();
+        hasher.update(r);
+        hasher.update(public.as_bytes());
+        hasher.update(message);
+        let k = Scalar::from_bytes_mod_order_wide(&hasher.finalize().into());
+        let s = k * key.to_scalar();
+
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(&r);
+        signature[32..].copy_from_slice(s.as_bytes());
+
+        assert!(!verify_strict(&key, message, &signature));
+        assert!(!screened(&key).verify(message, &signature));
+        // Without the explicit check both backends would accept it.
+        assert!(backends_agree(&screened(&key), message, &signature));
+    }
+
+    #[test]
+    fn non_canonical_s_rejected() {
+        let key = signing_key(3);
+        let message = b"payments.settled";
+        let mut signature = key.sign(message).to_bytes();
+        let s = add_group_order(&signature[32..]);
+        signature[32..].copy_from_slice(&s);
+        assert!(!verify_strict(&key, message, &signature));
+        assert!(!screened(&key).verify(message, &signature));
+    }
+
+    #[test]
+    fn small_order_nonces_rejected() {
+        let key = signing_key(5);
+        let message = b"x";
+        let valid = key.sign(message).to_bytes();
+        for r in SMALL_ORDER_ENCODINGS {
+            let mut signature = valid;
+            signature[..32].copy_from_slice(&r);
+            assert!(!screened(&key).verify(message, &signature), "R = {r:02x?}");
+        }
+    }
+
+    /// Both backends and `verify_strict` agree on every single-bit change of
+    /// a valid signature, message or not.
+    #[test]
+    fn bit_flips_rejected_like_verify_strict() {
+        for seed in 0..8u8 {
+            let key = signing_key(seed);
+            let message = [seed; 40];
+            let valid = key.sign(&message).to_bytes();
+            for bit in 0..512 {
+                let mut signature = valid;
+                signature[bit / 8] ^= 1 << (bit % 8);
+                let screened = screened(&key);
+                let ours = screened.verify(&message, &signature);
+                assert_eq!(
+                    ours,
+                    verify_strict(&key, &message, &signature),
+                    "seed {seed}, bit {bit}"
+                );
+                if has_strict_ed25519_encoding(&signature) {
+                    assert!(
+                        !backends_agree(&screened, &message, &signature),
+                        "seed {seed}, bit {bit}"
+                    );
+                }
+                assert!(!ours, "seed {seed}, bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn non_canonical_key_rejected() {
+        // y + p for small y: a second encoding of the point with that y.
+        let mut found = 0;
+        for y in 0u8..19 {
+            let mut encoding = FIELD_PRIME_LE;
+            encoding[0] += y;
+            let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&encoding) else {
+                continue;
+            };
+            if key.is_weak() {
+                continue;
+            }
+            found += 1;
+            let err = PublicKey::ed25519(key).unwrap_err();
+            assert!(
+                matches!(&err, KeyError::InvalidJwk(reason) if reason.contains("canonical")),
+                "y = {y}: {err}"
+            );
+        }
+        assert!(
+            found > 0,
+            "no non-canonical encoding of a large-order point among y + p"
+        );
+    }
+
+    #[test]
+    fn canonical_key_accepted() {
+        let key = signing_key(9).verifying_key();
+        assert!(is_canonical_point_encoding(key.as_bytes()));
+        assert!(PublicKey::ed25519(key).is_ok());
     }
 }
