@@ -63,6 +63,186 @@ pub(crate) fn parse_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde
     }
 }
 
+/// Parses a JSON object with `visitor`, and rejects data after the object.
+fn parse_object_with<'de, V: Visitor<'de>>(bytes: &'de [u8], visitor: V) -> Result<V::Value, JsonError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = deserializer
+        .deserialize_map(visitor)
+        .map_err(|err| JsonError(err.to_string()))?;
+    deserializer.end().map_err(|err| JsonError(err.to_string()))?;
+    Ok(value)
+}
+
+/// The error for a member name that appears twice in one object.
+fn duplicate_member<E: de::Error>(name: &str) -> E {
+    let shown: String = name.chars().take(40).collect();
+    de::Error::custom(format!("duplicate member name {shown:?}"))
+}
+
+/// The members of a JSON object, parsed in one pass with the checks of
+/// [`parse_object`]: the members named in `names` in fixed slots, any others
+/// in a map.
+///
+/// Finding a known member by its position instead of through a map is most
+/// of the cost of reading a small token's header and claims.
+#[derive(Debug)]
+pub(crate) struct Members<const N: usize> {
+    names: &'static MemberNames<N>,
+    known: [Option<serde_json::Value>; N],
+    others: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The member names that get fixed slots in [`Members`], each also packed
+/// into an integer so that finding a slot costs a few integer comparisons.
+#[derive(Debug)]
+pub(crate) struct MemberNames<const N: usize> {
+    packed: [u64; N],
+}
+
+impl<const N: usize> MemberNames<N> {
+    /// Packs `names` at compile time. Each must be 1 to 7 bytes long and
+    /// appear once.
+    pub(crate) const fn new(names: [&str; N]) -> Self {
+        let mut packed = [0u64; N];
+        let mut i = 0;
+        while i < N {
+            packed[i] = match pack_name(names[i]) {
+                Some(value) => value,
+                None => panic!("a member name with a slot must be 1 to 7 bytes long"),
+            };
+            let mut j = 0;
+            while j < i {
+                assert!(packed[j] != packed[i], "a member name is listed twice");
+                j += 1;
+            }
+            i += 1;
+        }
+        Self { packed }
+    }
+
+    fn slot(&self, name: &str) -> Option<usize> {
+        let packed = pack_name(name)?;
+        self.packed.iter().position(|known| *known == packed)
+    }
+}
+
+/// Packs a name of at most 7 bytes, and its length, into one integer; two
+/// names pack equal exactly when they are equal.
+const fn pack_name(name: &str) -> Option<u64> {
+    let bytes = name.as_bytes();
+    if bytes.len() > 7 {
+        return None;
+    }
+    let mut packed = bytes.len() as u64;
+    let mut i = 0;
+    while i < bytes.len() {
+        packed |= (bytes[i] as u64) << (8 * (i + 1));
+        i += 1;
+    }
+    Some(packed)
+}
+
+impl<const N: usize> Members<N> {
+    /// Parses an object, rejecting duplicate member names (after
+    /// unescaping), nesting deeper than [`MAX_JSON_DEPTH`], anything but an
+    /// object at the top and data after it.
+    pub(crate) fn parse(bytes: &[u8], names: &'static MemberNames<N>) -> Result<Self, JsonError> {
+        parse_object_with(bytes, MembersVisitor { names })
+    }
+
+    /// The value of the member `name`, of any type.
+    pub(crate) fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        match self.names.slot(name) {
+            Some(slot) => self.known[slot].as_ref(),
+            None => self.others.get(name),
+        }
+    }
+
+    /// Whether the object has a member `name`.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Removes and returns the members whose names are not in `names`, and
+    /// forgets the rest.
+    pub(crate) fn take_others(&mut self) -> serde_json::Map<String, serde_json::Value> {
+        self.known = std::array::from_fn(|_| None);
+        std::mem::take(&mut self.others)
+    }
+}
+
+struct MembersVisitor<const N: usize> {
+    names: &'static MemberNames<N>,
+}
+
+impl<'de, const N: usize> Visitor<'de> for MembersVisitor<N> {
+    type Value = Members<N>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members = Members {
+            names: self.names,
+            known: std::array::from_fn(|_| None),
+            others: serde_json::Map::new(),
+        };
+        // The members of the top-level object are at depth 1, as in parse_object.
+        let depth = 1;
+        while let Some(name) = map.next_key_seed(MemberName)? {
+            match self.names.slot(&name) {
+                Some(slot) => {
+                    if members.known[slot].is_some() {
+                        return Err(duplicate_member(&name));
+                    }
+                    members.known[slot] = Some(map.next_value_seed(StrictValue { depth })?);
+                }
+                None => match members.others.entry(name.into_owned()) {
+                    serde_json::map::Entry::Occupied(entry) => return Err(duplicate_member(entry.key())),
+                    serde_json::map::Entry::Vacant(entry) => {
+                        entry.insert(map.next_value_seed(StrictValue { depth })?);
+                    }
+                },
+            }
+        }
+        Ok(members)
+    }
+}
+
+/// A member name, borrowed from the input unless it contains escapes.
+struct MemberName;
+
+impl<'de> DeserializeSeed<'de> for MemberName {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MemberName {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v))
+    }
+}
+
+/// A JSON value at `depth` (the top-level object's members are at depth 1),
+/// with the checks of [`parse_object`].
 struct StrictValue {
     depth: usize,
 }
@@ -136,12 +316,12 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
         let mut object = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                let shown: String = key.chars().take(40).collect();
-                return Err(de::Error::custom(format!("duplicate member name {shown:?}")));
+            match object.entry(key) {
+                serde_json::map::Entry::Occupied(entry) => return Err(duplicate_member(entry.key())),
+                serde_json::map::Entry::Vacant(entry) => {
+                    entry.insert(map.next_value_seed(StrictValue { depth })?);
+                }
             }
-            let value = map.next_value_seed(StrictValue { depth })?;
-            object.insert(key, value);
         }
         Ok(serde_json::Value::Object(object))
     }

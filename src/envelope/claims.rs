@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::rejection::{Reason, Rejection};
+use crate::encoding::{JsonError, MemberNames, Members};
 
 /// Largest accepted NumericDate: 9999-12-31T23:59:59Z. Checked before any
 /// arithmetic, so a huge or negative time can never overflow.
@@ -55,16 +56,29 @@ pub struct Claims {
     pub extra: Map<String, Value>,
 }
 
+/// The claims that [`Claims`] has a field for, in the order of the slots of
+/// [`ClaimMembers`].
 const KNOWN: [&str; 12] = [
     "iss", "sub", "aud", "iat", "exp", "nbf", "jti", "chn", "htm", "htu", "dig", "act",
 ];
+
+/// The members of a token's claims object before their types are checked:
+/// the claims of [`KNOWN`] in fixed slots, any others in a map.
+pub(crate) type ClaimMembers = Members<{ KNOWN.len() }>;
+
+static KNOWN_NAMES: MemberNames<{ KNOWN.len() }> = MemberNames::new(KNOWN);
+
+/// Parses a claims object with the checks of `parse_object`.
+pub(crate) fn parse_claims(bytes: &[u8]) -> Result<ClaimMembers, JsonError> {
+    Members::parse(bytes, &KNOWN_NAMES)
+}
 
 impl Claims {
     /// Reads the claims with strict types: strings must be strings, times
     /// must be integers in `0..=MAX_NUMERIC_DATE`. On success the claims
     /// not named here move from `map` into `extra`, and `map` is left empty.
     /// On error `map` is unchanged, so the caller can still log its values.
-    pub(crate) fn from_map(map: &mut Map<String, Value>) -> Result<Self, Rejection> {
+    pub(crate) fn from_members(map: &mut ClaimMembers) -> Result<Self, Rejection> {
         let iss = required(map, "iss", string)?;
         let aud = match map.get("aud") {
             None => return Err(missing("aud")),
@@ -93,11 +107,8 @@ impl Claims {
             extra: Map::new(),
         };
 
-        for name in KNOWN {
-            map.remove(name);
-        }
         Ok(Self {
-            extra: std::mem::take(map),
+            extra: map.take_others(),
             ..claims
         })
     }
@@ -114,11 +125,7 @@ fn missing(name: &str) -> Rejection {
     )
 }
 
-fn required<T>(
-    map: &Map<String, Value>,
-    name: &str,
-    read: fn(&str, &Value) -> Result<T, Rejection>,
-) -> Result<T, Rejection> {
+fn required<T>(map: &ClaimMembers, name: &str, read: fn(&str, &Value) -> Result<T, Rejection>) -> Result<T, Rejection> {
     match map.get(name) {
         None => Err(missing(name)),
         Some(value) => read(name, value),
@@ -126,7 +133,7 @@ fn required<T>(
 }
 
 fn optional<T>(
-    map: &Map<String, Value>,
+    map: &ClaimMembers,
     name: &str,
     read: fn(&str, &Value) -> Result<T, Rejection>,
 ) -> Result<Option<T>, Rejection> {

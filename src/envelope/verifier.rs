@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::TOKEN_TYP;
 use super::binding::{Binding, payload_digest};
-use super::claims::{Claims, MAX_NUMERIC_DATE};
+use super::claims::{ClaimMembers, Claims, MAX_NUMERIC_DATE, parse_claims};
 use super::rejection::{Reason, Rejection};
 use crate::clock::{Clock, SystemClock};
-use crate::encoding::{b64_decode, parse_object};
+use crate::encoding::{MemberNames, Members, b64_decode};
 use crate::identity::ServiceId;
 use crate::jwks::TrustStore;
 use crate::keys::{Algorithm, PublicKey};
@@ -42,6 +42,13 @@ const MAX_KID_LEN: usize = 256;
 /// its own key or URL (`jku`, `jwk`, `x5u`, `x5c`), change how the payload is
 /// read (`b64`, `crit`, `zip`) or mark a JWE (`enc`).
 const FORBIDDEN_HEADERS: [&str; 8] = ["crit", "b64", "jku", "jwk", "x5u", "x5c", "zip", "enc"];
+
+/// The header members that verification reads: the three it needs and the
+/// forbidden ones. They get fixed slots when the header is parsed; any
+/// other member is still parsed, checked and kept.
+static HEADER_MEMBERS: MemberNames<11> = MemberNames::new([
+    "typ", "alg", "kid", "crit", "b64", "jku", "jwk", "x5u", "x5c", "zip", "enc",
+]);
 
 /// The binding a receiver expects a token to carry: the channel or request
 /// that actually arrived, and its payload.
@@ -305,7 +312,7 @@ pub(super) struct Parsed<'t> {
     pub(super) signing_input: &'t str,
     alg: Algorithm,
     kid: String,
-    claims: Map<String, Value>,
+    claims: ClaimMembers,
     pub(super) signature: Vec<u8>,
 }
 
@@ -328,7 +335,7 @@ pub(super) struct Admitted<'t> {
 }
 
 impl Admitted<'_> {
-    /// Step 5 for this token alone (`verify_strict` for an Ed25519 key).
+    /// Step 5 for this token alone (the `verify_strict` rules for an Ed25519 key).
     pub(super) fn signature_verifies(&self) -> bool {
         self.key
             .verify_signature(self.parsed.signing_input.as_bytes(), &self.parsed.signature)
@@ -485,7 +492,7 @@ impl Verifier {
         let Admitted { mut parsed, owner, .. } = admitted;
 
         // Step 6: claims.
-        let claims = match Claims::from_map(&mut parsed.claims) {
+        let claims = match Claims::from_members(&mut parsed.claims) {
             Ok(claims) => claims,
             Err(rejection) => return Err(parsed.tag(rejection)),
         };
@@ -620,7 +627,7 @@ fn parse_token(token: &str) -> Result<Parsed<'_>, Rejection> {
             .map_err(|_| Rejection::new(Reason::Malformed, format!("{name} is not strict unpadded base64url")))
     };
     let header_bytes = decode(header_b64, "header")?;
-    let header = parse_object(&header_bytes)
+    let header = Members::parse(&header_bytes, &HEADER_MEMBERS)
         .map_err(|err| Rejection::new(Reason::Malformed, format!("header is not a valid JSON object: {err}")))?;
 
     // The header is checked before the claims are decoded: with `b64: false`
@@ -630,7 +637,7 @@ fn parse_token(token: &str) -> Result<Parsed<'_>, Rejection> {
 
     let claims_bytes = decode(claims_b64, "claims")?;
     let signature = decode(signature_b64, "signature")?;
-    let claims = parse_object(&claims_bytes)
+    let claims = parse_claims(&claims_bytes)
         .map_err(|err| Rejection::new(Reason::Malformed, format!("claims are not a valid JSON object: {err}")))?;
 
     Ok(Parsed {
@@ -642,9 +649,9 @@ fn parse_token(token: &str) -> Result<Parsed<'_>, Rejection> {
     })
 }
 
-fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, String), Rejection> {
+fn check_header(header: &Members<11>) -> Result<(Algorithm, String), Rejection> {
     for name in FORBIDDEN_HEADERS {
-        if header.contains_key(name) {
+        if header.contains(name) {
             if name == "enc" {
                 return Err(Rejection::new(
                     Reason::WrongType,
