@@ -68,14 +68,24 @@ const X25519_PRIME_LE: [u8; 32] = {
 impl Point {
     /// Parses and validates an X25519 public key (the little-endian u-coordinate).
     pub(crate) fn x25519(bytes: [u8; 32]) -> Result<Self, KeyError> {
-        if !is_canonical_x25519(&bytes) {
-            return Err(KeyError::InvalidJwk(
-                "X25519 \"x\" is not a canonical encoding: it is at or above the field prime 2^255 - 19".into(),
-            ));
-        }
+        let point = Self::x25519_unscreened(bytes)?;
         if has_small_order_x25519(&bytes) {
             return Err(KeyError::InvalidJwk(
                 "X25519 \"x\" is a small-order point: every key agreement with it gives the all-zero secret".into(),
+            ));
+        }
+        Ok(point)
+    }
+
+    /// Parses an X25519 public key that is used only once, in one key
+    /// agreement: the `epk` of a received JWE. It checks the encoding only.
+    /// The small-order check of [`Point::x25519`] costs a scalar
+    /// multiplication, and [`EncryptionKey::agree`] rejects the same points
+    /// by its all-zero output (RFC 7748 section 6.1), so it is left out here.
+    fn x25519_unscreened(bytes: [u8; 32]) -> Result<Self, KeyError> {
+        if !is_canonical_x25519(&bytes) {
+            return Err(KeyError::InvalidJwk(
+                "X25519 \"x\" is not a canonical encoding: it is at or above the field prime 2^255 - 19".into(),
             ));
         }
         Ok(Self::X25519(x25519_dalek::PublicKey::from(bytes)))
@@ -94,8 +104,21 @@ impl Point {
         Ok(Self::P256(key))
     }
 
-    /// Reads `kty`, `crv`, `x` and (for P-256) `y` of a JWK or `epk` object.
+    /// Reads `kty`, `crv`, `x` and (for P-256) `y` of a JWK.
     pub(crate) fn from_jwk_members(jwk: &Map<String, Value>) -> Result<Self, KeyError> {
+        Self::from_members(jwk, Self::x25519)
+    }
+
+    /// Reads the `epk` of a received JWE, like [`Point::from_jwk_members`]
+    /// but with the X25519 check of [`Point::x25519_unscreened`].
+    pub(crate) fn from_epk_members(epk: &Map<String, Value>) -> Result<Self, KeyError> {
+        Self::from_members(epk, Self::x25519_unscreened)
+    }
+
+    fn from_members(
+        jwk: &Map<String, Value>,
+        x25519: fn([u8; 32]) -> Result<Self, KeyError>,
+    ) -> Result<Self, KeyError> {
         let kty = string_member(jwk, "kty")?.ok_or(KeyError::InvalidJwk("missing \"kty\"".into()))?;
         let crv = string_member(jwk, "crv")?.ok_or(KeyError::InvalidJwk("missing \"crv\"".into()))?;
         match (kty, crv) {
@@ -103,7 +126,7 @@ impl Point {
                 let x = string_member(jwk, "x")?.ok_or(KeyError::InvalidJwk("X25519 key without \"x\"".into()))?;
                 let bytes = b64_decode_array(x)
                     .ok_or(KeyError::InvalidJwk("X25519 \"x\" is not 32 bytes of base64url".into()))?;
-                Self::x25519(bytes)
+                x25519(bytes)
             }
             ("EC", "P-256") => {
                 let x = string_member(jwk, "x")?.ok_or(KeyError::InvalidJwk("P-256 key without \"x\"".into()))?;

@@ -524,7 +524,9 @@ fn read_epk(header: &Map<String, Value>, key: &EncryptionKey) -> Result<Point, R
         }
     }
 
-    let point = Point::from_jwk_members(epk).map_err(|err| match err {
+    // A small-order X25519 epk passes here and fails the key agreement,
+    // also as `invalid_epk`.
+    let point = Point::from_epk_members(epk).map_err(|err| match err {
         KeyError::InvalidJwk(reason) => invalid(format!("epk: {reason}")),
         other => invalid(format!("epk: {other}")),
     })?;
