@@ -1,5 +1,6 @@
-//! `trustwire bench`: measures signing and verification on this machine, one
-//! core at a time, beside the raw Ed25519 operations they are built on.
+//! `trustwire bench`: measures signing, verification, sealing and opening on
+//! this machine, one core at a time, beside the raw Ed25519 operations they
+//! are built on.
 //!
 //! The operations of one payload size run interleaved, a short chunk of each
 //! in turn, so a change in machine load affects all of them alike and the
@@ -13,6 +14,8 @@ use ed25519_dalek::Signer as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use trustwire::jwks::{JwkSet, KeySource, TrustStore};
+use trustwire::keys::EncryptionKey;
+use trustwire::seal::{Opener, Recipient, Sealer};
 use trustwire::{Binding, Expected, ServiceId, Signer, SigningKey, Verifier};
 
 use crate::error::CliError;
@@ -81,6 +84,12 @@ enum Operation {
     Verify,
     /// `Verifier::verify_batch` over 64 messages, per message.
     VerifyBatch,
+    /// `Sealer::seal` to one X25519 recipient: the JWE and the signed token
+    /// over it.
+    Seal,
+    /// `Opener::open` of such a message: the verifier's nine steps, then
+    /// the decryption.
+    Open,
     /// ed25519-dalek signing a token's signing input, plus a SHA-256 of the
     /// payload: a floor under `Sign`.
     RawSign,
@@ -88,19 +97,31 @@ enum Operation {
     #[cfg(feature = "aws-lc-rs")]
     RawAwsLcSign,
     /// ed25519-dalek `verify_strict` of a token's signing input, plus a
-    /// SHA-256 of the payload: the floor under `Verify`.
+    /// SHA-256 of the payload: a floor under `Verify`.
     RawVerifyStrict,
+    /// ed25519-dalek plain `verify` of the same: with two cheap checks, which
+    /// trustwire adds, it accepts what `verify_strict` accepts, so it is a
+    /// floor under `Verify` too.
+    RawVerify,
+    /// aws-lc-rs verifying the same, with the key parsed once: the last
+    /// floor under `Verify`.
+    #[cfg(feature = "aws-lc-rs")]
+    RawAwsLcVerify,
 }
 
-// TODO: measure seal and open here too; `cargo bench --bench crypto` has them.
 const OPERATIONS: &[Operation] = &[
     Operation::Sign,
     Operation::Verify,
     Operation::VerifyBatch,
+    Operation::Seal,
+    Operation::Open,
     Operation::RawSign,
     #[cfg(feature = "aws-lc-rs")]
     Operation::RawAwsLcSign,
     Operation::RawVerifyStrict,
+    Operation::RawVerify,
+    #[cfg(feature = "aws-lc-rs")]
+    Operation::RawAwsLcVerify,
 ];
 
 impl Operation {
@@ -109,23 +130,42 @@ impl Operation {
             Self::Sign => "sign",
             Self::Verify => "verify",
             Self::VerifyBatch => "verify, batches of 64",
+            Self::Seal => "seal (X25519)",
+            Self::Open => "open (X25519)",
             Self::RawSign => "ed25519-dalek sign (raw)",
             #[cfg(feature = "aws-lc-rs")]
             Self::RawAwsLcSign => "aws-lc-rs sign (raw)",
             Self::RawVerifyStrict => "ed25519-dalek verify_strict (raw)",
+            Self::RawVerify => "ed25519-dalek verify (raw)",
+            #[cfg(feature = "aws-lc-rs")]
+            Self::RawAwsLcVerify => "aws-lc-rs verify (raw)",
         }
     }
 
-    /// Returns whether this is a raw operation, and so a floor.
-    fn is_raw(self) -> bool {
-        !matches!(self, Self::Sign | Self::Verify | Self::VerifyBatch)
-    }
-
     /// Returns whether `floor` is one of the raw operations under this one.
+    /// Sealing and opening have no raw floor here.
     fn has_floor(self, floor: Self) -> bool {
         match self {
-            Self::Sign => floor.is_raw() && floor != Self::RawVerifyStrict,
-            Self::Verify | Self::VerifyBatch => floor == Self::RawVerifyStrict,
+            Self::Sign => floor.is_raw_sign(),
+            Self::Verify | Self::VerifyBatch => floor.is_raw_verify(),
+            _ => false,
+        }
+    }
+
+    fn is_raw_sign(self) -> bool {
+        match self {
+            Self::RawSign => true,
+            #[cfg(feature = "aws-lc-rs")]
+            Self::RawAwsLcSign => true,
+            _ => false,
+        }
+    }
+
+    fn is_raw_verify(self) -> bool {
+        match self {
+            Self::RawVerifyStrict | Self::RawVerify => true,
+            #[cfg(feature = "aws-lc-rs")]
+            Self::RawAwsLcVerify => true,
             _ => false,
         }
     }
@@ -152,8 +192,10 @@ struct Backends {
     cpu_has_avx512_ifma: bool,
     /// Whether this binary was built with curve25519-dalek's AVX-512 backend.
     built_with_avx512_backend: bool,
-    /// The backend that verifies signatures in this run.
+    /// The backend that verifies single signatures in this run.
     verify_backend: &'static str,
+    /// The backend that verifies batches of signatures in this run.
+    batch_verify_backend: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -204,6 +246,10 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
 struct Fixture {
     runtime: tokio::runtime::Runtime,
     signer: Signer,
+    sealer: Sealer,
+    recipients: Vec<Recipient>,
+    /// The receiver's X25519 key, which the opener of each size gets a copy of.
+    receiver_key: EncryptionKey,
     raw_key: ed25519_dalek::SigningKey,
     keys: JwkSet,
     channel: Binding,
@@ -221,10 +267,19 @@ impl Fixture {
         getrandom::fill(&mut seed).map_err(|err| CliError::failed(format!("random number generator failed: {err}")))?;
         let key = SigningKey::from_seed(&seed).map_err(crate::error::key_error)?;
         let keys = JwkSet::from_keys(vec![key.public_key().clone()]);
+        let sealing_key = SigningKey::from_seed(&seed).map_err(crate::error::key_error)?;
+
+        let receiver_key = EncryptionKey::generate().map_err(crate::error::key_error)?;
+        let receiver_keys = JwkSet::default().with_encryption_keys(vec![receiver_key.public_key().clone()]);
+        let recipient = Recipient::from_jwks(service(AUDIENCE)?, &receiver_keys)
+            .map_err(|err| CliError::failed(format!("cannot make the benchmark recipient: {err}")))?;
 
         Ok(Self {
             runtime,
             signer: Signer::new(service(ISSUER)?, key),
+            sealer: Sealer::new(Signer::new(service(ISSUER)?, sealing_key)),
+            recipients: vec![recipient],
+            receiver_key,
             raw_key: ed25519_dalek::SigningKey::from_bytes(&seed),
             keys,
             channel: Binding::channel(CHANNEL).map_err(|err| CliError::failed(err.to_string()))?,
@@ -254,6 +309,19 @@ impl Fixture {
         (0..count).map(|_| self.sign(payload)).collect()
     }
 
+    fn seal(&self, payload: &[u8]) -> Result<trustwire::seal::Sealed, CliError> {
+        self.sealer
+            .seal(&self.recipients, self.channel.clone(), payload)
+            .map_err(|err| CliError::failed(format!("sealing failed: {err}")))
+    }
+
+    /// Builds an opener for the receiver's key, with its own verifier.
+    fn opener(&self) -> Result<Opener, CliError> {
+        let key =
+            EncryptionKey::from_private_jwk(&self.receiver_key.to_private_jwk()).map_err(crate::error::key_error)?;
+        Opener::new(self.verifier()?, vec![key]).map_err(|err| CliError::failed(err.to_string()))
+    }
+
     /// Measures every operation at one payload size, interleaved: each round
     /// runs one chunk of each operation, until each has run for `budget`.
     fn measure(&self, payload: &[u8], budget: Duration, progress: &mut Progress) -> Result<Vec<Measurement>, CliError> {
@@ -265,8 +333,15 @@ impl Fixture {
             payload,
             signing_input,
             signature,
+            opener: self.opener()?,
             #[cfg(feature = "aws-lc-rs")]
             aws_lc_key: self.aws_lc_key()?,
+            #[cfg(feature = "aws-lc-rs")]
+            aws_lc_public: aws_lc_rs::signature::ParsedPublicKey::new(
+                &aws_lc_rs::signature::ED25519,
+                self.raw_key.verifying_key().as_bytes(),
+            )
+            .map_err(|err| CliError::failed(format!("aws-lc-rs rejected the benchmark key: {err}")))?,
         };
 
         // One chunk each warms the caches and sizes the chunks.
@@ -368,6 +443,26 @@ impl Fixture {
                 }
                 Ok(elapsed)
             }
+            Operation::Seal => {
+                let started = Instant::now();
+                for _ in 0..count {
+                    std::hint::black_box(self.seal(payload)?);
+                }
+                Ok(started.elapsed())
+            }
+            Operation::Open => {
+                let messages = (0..count).map(|_| self.seal(payload)).collect::<Result<Vec<_>, _>>()?;
+                let started = Instant::now();
+                self.runtime.block_on(async {
+                    for message in &messages {
+                        let expected = Expected::message(self.channel.clone(), &message.jwe);
+                        let opened = context.opener.open(&message.token, &expected).await.map_err(rejected)?;
+                        std::hint::black_box(opened);
+                    }
+                    Ok::<(), CliError>(())
+                })?;
+                Ok(started.elapsed())
+            }
             Operation::RawSign => {
                 let started = Instant::now();
                 for _ in 0..count {
@@ -396,6 +491,31 @@ impl Fixture {
                 }
                 Ok(started.elapsed())
             }
+            Operation::RawVerify => {
+                use ed25519_dalek::Verifier as _;
+                let public = self.raw_key.verifying_key();
+                let started = Instant::now();
+                for _ in 0..count {
+                    std::hint::black_box(Sha256::digest(payload));
+                    public
+                        .verify(context.signing_input.as_bytes(), &context.signature)
+                        .map_err(|err| CliError::failed(format!("raw verification failed: {err}")))?;
+                }
+                Ok(started.elapsed())
+            }
+            #[cfg(feature = "aws-lc-rs")]
+            Operation::RawAwsLcVerify => {
+                let signature = context.signature.to_bytes();
+                let started = Instant::now();
+                for _ in 0..count {
+                    std::hint::black_box(Sha256::digest(payload));
+                    context
+                        .aws_lc_public
+                        .verify_sig(context.signing_input.as_bytes(), &signature)
+                        .map_err(|_| CliError::failed("raw aws-lc-rs verification failed"))?;
+                }
+                Ok(started.elapsed())
+            }
         }
     }
 
@@ -413,8 +533,11 @@ struct SizeContext<'a> {
     payload: &'a [u8],
     signing_input: String,
     signature: ed25519_dalek::Signature,
+    opener: Opener,
     #[cfg(feature = "aws-lc-rs")]
     aws_lc_key: aws_lc_rs::signature::Ed25519KeyPair,
+    #[cfg(feature = "aws-lc-rs")]
+    aws_lc_public: aws_lc_rs::signature::ParsedPublicKey,
 }
 
 fn service(name: &str) -> Result<ServiceId, CliError> {
@@ -446,17 +569,26 @@ fn payload(size: usize) -> Vec<u8> {
 fn backends() -> Backends {
     let cpu_has_avx512_ifma = cpu_has_avx512_ifma();
     let built_with_avx512_backend = cfg!(curve25519_dalek_backend = "avx512");
-    let verify_backend = if built_with_avx512_backend && cpu_has_avx512_ifma {
+    let batch_verify_backend = if built_with_avx512_backend && cpu_has_avx512_ifma {
         "curve25519-dalek AVX-512 IFMA"
     } else if cpu_has_avx2() {
         "curve25519-dalek AVX2"
     } else {
         "curve25519-dalek serial"
     };
+    // The library verifies single signatures with aws-lc-rs when it is built
+    // in, unless ed25519-dalek runs its AVX-512 IFMA backend, which was faster.
+    let dalek_avx512 = built_with_avx512_backend && cpu_has_avx512_ifma;
+    let verify_backend = if cfg!(feature = "aws-lc-rs") && !dalek_avx512 {
+        "aws-lc-rs"
+    } else {
+        batch_verify_backend
+    };
     Backends {
         cpu_has_avx512_ifma,
         built_with_avx512_backend,
         verify_backend,
+        batch_verify_backend,
     }
 }
 
@@ -519,7 +651,10 @@ fn table(results: &[Measurement], sizes: &[usize], backends: &Backends, advice: 
 
     text.push('\n');
     text.push_str("vs raw: the rate divided by the fastest raw operation under it, at the same payload size.\n");
-    text.push_str(&format!("Ed25519 verification backend: {}\n", backends.verify_backend));
+    text.push_str(&format!(
+        "Ed25519 verification backend: {} (single), {} (batches)\n",
+        backends.verify_backend, backends.batch_verify_backend
+    ));
     if let Some(advice) = advice {
         text.push_str(&format!("Note: {advice}\n"));
     }
@@ -644,11 +779,8 @@ mod tests {
             assert_eq!(measurement.payload_bytes, 64);
             assert!(measurement.operations > 0, "{operation:?} ran no operation");
             assert!(measurement.ops_per_second > 0.0, "{operation:?}");
-            assert_eq!(
-                measurement.ratio_to_floor.is_some(),
-                !operation.is_raw(),
-                "{operation:?} ratio"
-            );
+            let has_floor = matches!(operation, Operation::Sign | Operation::Verify | Operation::VerifyBatch);
+            assert_eq!(measurement.ratio_to_floor.is_some(), has_floor, "{operation:?} ratio");
         }
     }
 }
