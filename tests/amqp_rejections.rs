@@ -849,3 +849,86 @@ async fn wait_for_message(channel: &lapin::Channel, queue: &str) -> lapin::messa
     }
     panic!("no message arrived in {queue} within 10 s");
 }
+
+/// Replaces the first character of the signature segment with another
+/// base64url character, so the token still parses but its signature does
+/// not verify.
+fn corrupt_signature(token: &str) -> String {
+    let (signing_input, signature) = token.rsplit_once('.').unwrap();
+    let first = if signature.starts_with('A') { "B" } else { "A" };
+    format!("{signing_input}.{first}{}", &signature[1..])
+}
+
+#[tokio::test]
+async fn batch_forgery_dead_lettered_alone() {
+    let connection = connect("tw-test-batch-forgery").await;
+    let topology = Topology::declare(&connection, ExchangeKind::Direct, &["k"]).await;
+    let orders = Service::new("orders");
+    let publisher = publisher(&connection, &orders, "billing").await;
+    let raw = raw_channel(&connection).await;
+    let channel = format!("amqp:{}/k", topology.exchange);
+
+    // Nine messages wait in the queue before the consumer starts, so the
+    // channel buffers several at once (prefetch 32); the fifth carries a
+    // signature that does not verify under the sender's key.
+    for index in 0..9u8 {
+        let id = format!("m{index}");
+        let body = [b'0' + index];
+        if index != 4 {
+            publisher
+                .publish(
+                    &topology.exchange,
+                    "k",
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties(&id, &[]),
+                )
+                .await
+                .unwrap();
+            continue;
+        }
+        let forged = corrupt_signature(&token(&orders.signer(), "billing", &channel, &body));
+        publish_raw(
+            &raw,
+            &topology.exchange,
+            "k",
+            &body,
+            properties(&id, &[token_header(forged)]),
+        )
+        .await;
+    }
+
+    let mut consumer = VerifyingConsumer::builder(verifier("billing", &[&orders]), topology.dead_letter())
+        .consume(&connection, &topology.queue)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut bodies = Vec::new();
+    for _ in 0..8 {
+        let delivery = next_verified(&mut consumer).await;
+        bodies.push(delivery.payload.clone());
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(
+        bodies,
+        ["0", "1", "2", "3", "5", "6", "7", "8"].map(|body| body.as_bytes())
+    );
+
+    let dead_letter = wait_for_dead_letter(&topology).await;
+    assert_eq!(dead_letter.data, b"4");
+    assert_eq!(
+        header_text(&dead_letter.properties, REJECTED_HEADER).as_deref(),
+        Some("bad_signature")
+    );
+
+    let stats = consumer.stats();
+    assert_eq!(stats.verified, 8);
+    assert_eq!(stats.acked, 8);
+    assert_eq!(stats.rejected, BTreeMap::from([("bad_signature", 1)]));
+    assert_eq!(stats.dead_lettered, 1);
+    assert_eq!(stats.requeued, 0);
+    assert!(topology.drain_dead_letters().await.is_empty());
+    assert!(topology.drain_queue().await.is_empty());
+    topology.delete().await;
+}

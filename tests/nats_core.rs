@@ -637,3 +637,75 @@ async fn reply_to_message_without_reply_subject_fails() {
         "{err:?}"
     );
 }
+
+/// Replaces the first character of the signature segment with another
+/// base64url character, so the token still parses but its signature does
+/// not verify.
+fn corrupt_signature(token: &str) -> String {
+    let (signing_input, signature) = token.rsplit_once('.').unwrap();
+    let first = if signature.starts_with('A') { "B" } else { "A" };
+    format!("{signing_input}.{first}{}", &signature[1..])
+}
+
+#[tokio::test]
+async fn batch_forgery_dead_lettered_alone() {
+    let orders = service("orders");
+    let client = connect().await;
+    let names = names();
+    let mut dead = client.subscribe(names.dead_letter.clone()).await.unwrap();
+    let mut subscriber = VerifyingSubscriber::builder(client.clone(), verifier("payments", &[&orders]))
+        .dead_letter(DeadLetter::subject(&names.dead_letter))
+        .subscribe(names.subject.clone())
+        .await
+        .unwrap();
+    let publisher = SignedPublisher::new(
+        client.clone(),
+        orders.signer.clone(),
+        ServiceId::new("payments").unwrap(),
+    );
+
+    // Nine messages arrive before the subscriber reads any, so they are
+    // verified as one batch; the fifth carries a signature that does not
+    // verify under the sender's key.
+    for index in 0..9u8 {
+        let payload = Bytes::from(vec![b'0' + index]);
+        if index != 4 {
+            publisher.publish(names.subject.clone(), payload).await.unwrap();
+            continue;
+        }
+        let token = orders
+            .signer
+            .token(ServiceId::new("payments").unwrap())
+            .binding(channel_binding(&names.subject).unwrap())
+            .payload(&payload)
+            .sign()
+            .unwrap();
+        client
+            .publish_with_headers(
+                names.subject.clone(),
+                token_headers(&corrupt_signature(&token)),
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut payloads = Vec::new();
+    for _ in 0..8 {
+        let message = tokio::time::timeout(WAIT, subscriber.next()).await.unwrap().unwrap();
+        payloads.push(message.payload().clone());
+    }
+    assert_eq!(
+        payloads,
+        ["0", "1", "2", "3", "5", "6", "7", "8"].map(|text| Bytes::from_static(text.as_bytes()))
+    );
+
+    let copy = expect_dead_letter(&mut dead, "bad_signature").await;
+    assert_eq!(copy.payload.as_ref(), b"4");
+    assert!(
+        next_within(&mut dead, Duration::from_millis(300)).await.is_none(),
+        "more than the forged message was dead-lettered"
+    );
+}

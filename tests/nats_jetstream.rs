@@ -487,3 +487,81 @@ async fn transient_rejection_retried_not_dead_lettered() {
     setup.context.delete_key_value(&bucket).await.unwrap();
     setup.cleanup().await;
 }
+
+/// Replaces the first character of the signature segment with another
+/// base64url character, so the token still parses but its signature does
+/// not verify.
+fn corrupt_signature(token: &str) -> String {
+    let (signing_input, signature) = token.rsplit_once('.').unwrap();
+    let first = if signature.starts_with('A') { "B" } else { "A" };
+    format!("{signing_input}.{first}{}", &signature[1..])
+}
+
+#[tokio::test]
+async fn batch_forgery_terminated_alone() {
+    let orders = service("orders");
+    let setup = setup().await;
+    let mut dead = setup
+        .context
+        .client()
+        .subscribe(setup.dead_letter.clone())
+        .await
+        .unwrap();
+
+    // Nine messages are stored before the consumer starts, so its first
+    // pull fetches them together; the fifth carries a signature that does
+    // not verify under the sender's key.
+    let publisher = setup.publisher(&orders);
+    for index in 0..9u8 {
+        let payload = Bytes::from(vec![b'0' + index]);
+        if index != 4 {
+            publisher.publish(setup.subject.clone(), payload).await.unwrap();
+            continue;
+        }
+        let token = orders
+            .signer
+            .token(ServiceId::new("payments").unwrap())
+            .binding(trustwire::nats::channel_binding(&setup.subject).unwrap())
+            .payload(&payload)
+            .sign()
+            .unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(trustwire::nats::TOKEN_HEADER, corrupt_signature(&token).as_str());
+        setup
+            .context
+            .publish_with_headers(setup.subject.clone(), headers, payload)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    let mut consumer = setup.consumer("payments").await;
+    let mut verified = setup.run(&consumer, verifier("payments", &[&orders]), &[]).await;
+
+    let mut payloads = Vec::new();
+    for _ in 0..8 {
+        payloads.push(recv(&mut verified).await.payload().clone());
+    }
+    assert_eq!(
+        payloads,
+        ["0", "1", "2", "3", "5", "6", "7", "8"].map(|text| Bytes::from_static(text.as_bytes()))
+    );
+
+    let copy = next_within(&mut dead, WAIT).await.expect("no dead-letter copy");
+    assert_eq!(header(&copy, REJECTED_HEADER).as_deref(), Some("bad_signature"));
+    assert_eq!(header(&copy, ORIGINAL_SEQUENCE_HEADER).as_deref(), Some("5"));
+    assert_eq!(copy.payload.as_ref(), b"4");
+
+    // Terminated, not redelivered: after two ack waits nothing came back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        next_within(&mut dead, Duration::from_millis(200)).await.is_none(),
+        "more than the forged message was dead-lettered, or it was redelivered"
+    );
+    assert!(verified.try_recv().is_err(), "a message was handled twice");
+    let info = assert_settled(&mut consumer).await;
+    assert_eq!(info.delivered.stream_sequence, 9);
+    assert_eq!(info.num_redelivered, 0);
+    setup.cleanup().await;
+}

@@ -1,7 +1,7 @@
 //! The verifying consumer: verifies each delivery's token, hands verified
 //! deliveries to the application and dead-letters the rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -21,7 +21,7 @@ use super::dead_letter::{DeadLetter, Disposition, Rejected, dead_letter};
 use super::headers::{HANDLER_ERROR_HEADER, REJECTED_HEADER, token_from};
 use super::sealed::{reject_sealed, require_sealed};
 use super::settle::{Settle, settle};
-use crate::envelope::{Claims, Expected, Reason, Rejection, Verified, Verifier};
+use crate::envelope::{Claims, Expected, MAX_SIGNATURE_BATCH, Reason, Rejection, Verified, Verifier, verify_checked};
 use crate::seal::Opener;
 
 /// Default prefetch count of a channel the consumer opens itself.
@@ -169,6 +169,8 @@ impl ConsumerBuilder {
             consumer,
             queue: queue.to_owned(),
             stopped: false,
+            ended: false,
+            ready: VecDeque::new(),
             shared: Arc::new(Shared {
                 channel,
                 frame_max,
@@ -209,16 +211,7 @@ impl Shared {
     /// exchange, routing key and body that arrived. A consumer of sealed
     /// messages opens the body and returns the plaintext too.
     async fn verify(&self, delivery: &Delivery) -> Result<(Verified, Option<Vec<u8>>), Rejection> {
-        let transport_rejection = |rejection: Rejection| {
-            // The verifier counts its own rejections; these never reach it.
-            metrics::counter!("trustwire_rejected_total", "reason" => rejection.code()).increment(1);
-            rejection
-        };
-
-        let token = token_from(&delivery.properties).map_err(transport_rejection)?;
-        let binding = channel_binding(delivery.exchange.as_str(), delivery.routing_key.as_str())
-            .map_err(|detail| transport_rejection(Rejection::new(Reason::BindingMismatch, detail)))?;
-        let expected = Expected::message(binding, &delivery.data);
+        let (token, expected) = read_token_and_binding(delivery)?;
         let Some(opener) = &self.opener else {
             reject_sealed(&delivery.properties).map_err(transport_rejection)?;
             return Ok((self.verifier.verify(token, &expected).await?, None));
@@ -228,11 +221,75 @@ impl Shared {
         Ok((opened.verified, Some(opened.plaintext)))
     }
 
-    /// Verifies `delivery`: returns it when its token verifies, and handles
-    /// it as rejected otherwise. After a dead-lettering failure the channel
-    /// is closed, so every unacknowledged delivery goes back to the queue.
-    async fn process(self: Arc<Self>, delivery: Delivery) -> Result<Option<VerifiedDelivery>, ConsumeError> {
-        let rejection = match self.verify(&delivery).await {
+    /// Verifies each delivery of `batch` as [`verify`](Self::verify) does
+    /// and returns the results in order. Plain messages are verified with
+    /// one [`Verifier::verify_batch`] call. Sealed messages are opened one at
+    /// a time, because opening has no batch form.
+    async fn verify_batch(&self, batch: &[Delivery]) -> Vec<Result<(Verified, Option<Vec<u8>>), Rejection>> {
+        if self.opener.is_some() {
+            let mut results = Vec::with_capacity(batch.len());
+            for delivery in batch {
+                results.push(self.verify(delivery).await);
+            }
+            return results;
+        }
+
+        let checked = batch
+            .iter()
+            .map(|delivery| {
+                let (token, expected) = read_token_and_binding(delivery)?;
+                reject_sealed(&delivery.properties).map_err(transport_rejection)?;
+                Ok((token, expected))
+            })
+            .collect();
+        verify_checked(&self.verifier, checked)
+            .await
+            .into_iter()
+            .map(|result| result.map(|verified| (verified, None)))
+            .collect()
+    }
+
+    /// Verifies `batch` and settles each rejected delivery. Returns, in
+    /// delivery order, the verified deliveries and the errors of settling.
+    ///
+    /// After a dead-lettering failure the channel is closed, so every
+    /// unacknowledged delivery goes back to the queue. The deliveries of the
+    /// batch after that one are not returned, and the `jti` of each verified
+    /// one is forgotten so that its redelivery verifies.
+    async fn process_batch(self: Arc<Self>, batch: Vec<Delivery>) -> Vec<Result<VerifiedDelivery, ConsumeError>> {
+        let mut results = self.verify_batch(&batch).await.into_iter();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let Some(result) = results.next() else {
+                break;
+            };
+            match Arc::clone(&self).process(delivery, result).await {
+                Ok(Some(verified)) => outcomes.push(Ok(verified)),
+                Ok(None) => {}
+                Err(err) => {
+                    let stopped = matches!(err, ConsumeError::DeadLetter(_));
+                    outcomes.push(Err(err));
+                    if stopped {
+                        for verified in results.by_ref().flatten() {
+                            self.verifier.forget(&verified.0).await;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Returns `delivery` when its token verified, and handles it as
+    /// rejected otherwise. After a dead-lettering failure the channel is
+    /// closed, so every unacknowledged delivery goes back to the queue.
+    async fn process(
+        self: Arc<Self>,
+        delivery: Delivery,
+        verification: Result<(Verified, Option<Vec<u8>>), Rejection>,
+    ) -> Result<Option<VerifiedDelivery>, ConsumeError> {
+        let rejection = match verification {
             Ok((verified, plaintext)) => {
                 let shared = Arc::clone(&self);
                 return Ok(Some(VerifiedDelivery::new(delivery, verified, plaintext, shared)));
@@ -332,6 +389,22 @@ impl Shared {
     }
 }
 
+/// Counts a rejection that the transport makes before the verifier runs;
+/// the verifier counts its own rejections.
+fn transport_rejection(rejection: Rejection) -> Rejection {
+    metrics::counter!("trustwire_rejected_total", "reason" => rejection.code()).increment(1);
+    rejection
+}
+
+/// Reads the token header of `delivery` and what the token must be bound
+/// to: the exchange, routing key and body that arrived.
+fn read_token_and_binding(delivery: &Delivery) -> Result<(&str, Expected<'_>), Rejection> {
+    let token = token_from(&delivery.properties).map_err(transport_rejection)?;
+    let binding = channel_binding(delivery.exchange.as_str(), delivery.routing_key.as_str())
+        .map_err(|detail| transport_rejection(Rejection::new(Reason::BindingMismatch, detail)))?;
+    Ok((token, Expected::message(binding, &delivery.data)))
+}
+
 /// Consumes a queue on a lapin channel, verifying every delivery's
 /// `trustwire-token` header.
 ///
@@ -343,6 +416,13 @@ impl Shared {
 /// never dropped without a log line. Only rejections the sender is not at
 /// fault for (`key_source_unavailable`, `replay_guard_unavailable`) are
 /// requeued, once, before they are dead-lettered.
+///
+/// When the channel has several deliveries buffered (a prefetch count above
+/// 1), up to [`MAX_SIGNATURE_BATCH`] of them are verified together with
+/// [`Verifier::verify_batch`], which gives each the result that verifying it
+/// alone would. Rejected deliveries of a batch are settled before the
+/// verified ones are returned, in order. The consumer never waits for more
+/// deliveries to fill a batch. Sealed deliveries are opened one at a time.
 ///
 /// ```no_run
 /// use lapin::{Connection, ConnectionProperties};
@@ -373,6 +453,11 @@ pub struct VerifyingConsumer {
     consumer: Consumer,
     queue: String,
     stopped: bool,
+    /// Whether the lapin consumer returned `None` while a batch was taken.
+    ended: bool,
+    /// Outcomes of the last batch that `next` has not returned yet, in
+    /// delivery order.
+    ready: VecDeque<Result<VerifiedDelivery, ConsumeError>>,
     shared: Arc<Shared>,
 }
 
@@ -432,32 +517,70 @@ impl VerifyingConsumer {
     /// delivery being handled is still settled, and one that verified is
     /// requeued.
     pub async fn next(&mut self) -> Option<Result<VerifiedDelivery, ConsumeError>> {
-        if self.stopped {
-            return None;
-        }
         loop {
-            let delivery = match self.consumer.next().await? {
+            if self.stopped {
+                return None;
+            }
+            if let Some(outcome) = self.ready.pop_front() {
+                if matches!(outcome, Err(ConsumeError::DeadLetter(_))) {
+                    self.stopped = true;
+                    self.ready.clear();
+                }
+                return Some(outcome);
+            }
+            if self.ended {
+                return None;
+            }
+
+            let first = match self.consumer.next().await? {
                 Ok(delivery) => delivery,
                 Err(err) => return Some(Err(err.into())),
             };
+            let batch = self.take_buffered(first);
 
-            // Each delivery is verified and settled in its own task, so that
+            // Each batch is verified and settled in its own task, so that
             // dropping this future (a `select!` on shutdown) never leaves a
-            // delivery half handled. A verified delivery whose caller is gone
-            // is dropped, which requeues it.
-            let task = tokio::spawn(Arc::clone(&self.shared).process(delivery));
+            // delivery half handled. Verified deliveries whose caller is gone
+            // are dropped, which requeues them.
+            let task = tokio::spawn(Arc::clone(&self.shared).process_batch(batch));
             match task.await {
-                Ok(Ok(Some(verified))) => return Some(Ok(verified)),
-                Ok(Ok(None)) => {}
-                Ok(Err(err)) => {
-                    if matches!(err, ConsumeError::DeadLetter(_)) {
-                        self.stopped = true;
+                // Ahead of a consumer error that `take_buffered` queued.
+                Ok(outcomes) => {
+                    for outcome in outcomes.into_iter().rev() {
+                        self.ready.push_front(outcome);
                     }
-                    return Some(Err(err));
                 }
-                Err(err) => return Some(Err(ConsumeError::Internal(err.to_string()))),
+                Err(err) => self.ready.push_front(Err(ConsumeError::Internal(err.to_string()))),
             }
         }
+    }
+
+    /// Returns `first` and the deliveries the channel already buffered,
+    /// without waiting for more, up to [`MAX_SIGNATURE_BATCH`] in all. A
+    /// consumer of sealed messages takes only `first`. A consumer error ends
+    /// the batch and is queued in `ready`, so that it follows the batch.
+    fn take_buffered(&mut self, first: Delivery) -> Vec<Delivery> {
+        let limit = if self.shared.opener.is_some() {
+            1
+        } else {
+            MAX_SIGNATURE_BATCH
+        };
+        let mut batch = vec![first];
+        while batch.len() < limit {
+            match self.consumer.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Err(err))) => {
+                    self.ready.push_back(Err(err.into()));
+                    break;
+                }
+                Some(None) => {
+                    self.ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        batch
     }
 
     /// Runs `handler` on each verified message, one at a time, until the

@@ -6,6 +6,8 @@ mod binding;
 mod claims;
 mod rejection;
 mod signer;
+#[cfg(any(feature = "nats", feature = "amqp"))]
+mod transport_batch;
 mod verifier;
 
 pub use batch::MAX_SIGNATURE_BATCH;
@@ -14,6 +16,8 @@ pub use claims::Claims;
 pub use rejection::{Reason, Rejection};
 pub(crate) use signer::random_jti;
 pub use signer::{DEFAULT_TTL, SignError, Signer, SignerBuilder, TokenBuilder};
+#[cfg(any(feature = "nats", feature = "amqp"))]
+pub(crate) use transport_batch::verify_checked;
 pub use verifier::{
     DEFAULT_LEEWAY, DEFAULT_MAX_LIFETIME, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_TOKEN_BYTES, Expected,
     MAX_SAFE_LEEWAY, Verified, Verifier, VerifierBuilder, VerifierConfigError,

@@ -13,6 +13,7 @@
 //! publish to the consumer's inbox subjects could forge them; deny untrusted
 //! clients publish rights on `_INBOX.>` (or the custom inbox prefix).
 
+use std::collections::VecDeque;
 use std::fmt::{self, Display};
 use std::future::Future;
 use std::time::Duration;
@@ -24,13 +25,15 @@ use async_nats::jetstream::context::PublishError as ContextPublishError;
 use async_nats::jetstream::{self, AckKind};
 use async_nats::subject::ToSubject;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
 use super::headers::{ORIGINAL_SEQUENCE_HEADER, ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER, channel_binding};
 use super::publisher::{PublishError, Stamp};
-use super::subscriber::{VerifiedMessage, verify_message};
-use crate::envelope::{Claims, Expected, Reason, Rejection, Signer, Verified, Verifier};
+use super::subscriber::{VerifiedMessage, message_token};
+use crate::envelope::{
+    Claims, Expected, MAX_SIGNATURE_BATCH, Reason, Rejection, Signer, Verified, Verifier, verify_checked,
+};
 use crate::identity::Audience;
 
 /// Default delay before a message rejected for a transient reason (key
@@ -231,6 +234,8 @@ impl ConsumerBuilder {
             sink,
             judge_time_at_storage: self.judge_time_at_storage,
             transient_retry_delay: self.transient_retry_delay,
+            ready: VecDeque::new(),
+            ended: false,
         })
     }
 }
@@ -297,6 +302,13 @@ impl JetStreamDelivery {
 /// transient reason (`key_source_unavailable`, `replay_guard_unavailable`) is
 /// nak'd with a delay instead, because the sender is not at fault.
 ///
+/// When the pull stream contains several fetched messages, up to
+/// [`MAX_SIGNATURE_BATCH`] of them are verified together with
+/// [`Verifier::verify_batch`], which gives each the result that verifying
+/// it alone would. Rejected messages of a batch are settled before the
+/// verified ones are returned, in order. The consumer never waits for more
+/// messages to fill a batch.
+///
 /// ```no_run
 /// use trustwire::nats::VerifyingConsumer;
 ///
@@ -317,6 +329,11 @@ pub struct VerifyingConsumer {
     sink: DeadLetterSink,
     pub(super) judge_time_at_storage: bool,
     transient_retry_delay: Duration,
+    /// Outcomes of the last batch that `next` has not returned yet, in
+    /// delivery order: verified messages, and a pull error that ended it.
+    ready: VecDeque<Result<JetStreamDelivery, ConsumerError>>,
+    /// Whether the pull stream returned `None` while a batch was taken.
+    ended: bool,
 }
 
 /// What a JetStream delivery is checked against: its subject and payload,
@@ -381,12 +398,56 @@ impl VerifyingConsumer {
     /// way. Returns `None` when the pull stream ends.
     pub async fn next(&mut self) -> Option<Result<JetStreamDelivery, ConsumerError>> {
         loop {
-            let message = match self.messages.next().await? {
+            if let Some(outcome) = self.ready.pop_front() {
+                return Some(outcome);
+            }
+            if self.ended {
+                return None;
+            }
+            let first = match self.messages.next().await? {
                 Ok(message) => message,
                 Err(err) => return Some(Err(err.into())),
             };
-            match self.verify(&message).await {
-                Ok(verified) => return Some(Ok(JetStreamDelivery { message, verified })),
+            let (batch, pull_error) = self.take_fetched(first);
+            self.verify_batch(batch).await;
+            self.ready.extend(pull_error.map(|err| Err(err.into())));
+        }
+    }
+
+    /// Returns `first` and the messages the pull stream already contains,
+    /// without waiting for more, up to [`MAX_SIGNATURE_BATCH`] in all. A
+    /// pull error ends the batch and is returned beside it.
+    fn take_fetched(&mut self, first: jetstream::Message) -> (Vec<jetstream::Message>, Option<MessagesError>) {
+        let mut batch = vec![first];
+        while batch.len() < MAX_SIGNATURE_BATCH {
+            match self.messages.next().now_or_never() {
+                Some(Some(Ok(message))) => batch.push(message),
+                Some(Some(Err(err))) => return (batch, Some(err)),
+                Some(None) => {
+                    self.ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        (batch, None)
+    }
+
+    /// Verifies `batch`, settles the rejected messages and queues the
+    /// verified ones in order.
+    async fn verify_batch(&mut self, batch: Vec<jetstream::Message>) {
+        let checked = batch
+            .iter()
+            .map(|message| {
+                let expected = expected_delivery(message, self.judge_time_at_storage)?;
+                Ok((message_token(&message.message)?, expected))
+            })
+            .collect();
+        let results = verify_checked(&self.verifier, checked).await;
+
+        for (message, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(verified) => self.ready.push_back(Ok(JetStreamDelivery { message, verified })),
                 Err(rejection) => self.reject(&message, &rejection).await,
             }
         }
@@ -428,11 +489,6 @@ impl VerifyingConsumer {
             }
         }
         Ok(())
-    }
-
-    async fn verify(&self, message: &jetstream::Message) -> Result<Verified, Rejection> {
-        let expected = expected_delivery(message, self.judge_time_at_storage)?;
-        verify_message(&self.verifier, &message.message, &expected).await
     }
 
     pub(super) async fn reject(&self, message: &jetstream::Message, rejection: &Rejection) {

@@ -1,14 +1,16 @@
 //! The verifying subscriber for core NATS.
 
+use std::collections::VecDeque;
+
 use async_nats::subject::ToSubject;
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
 use super::headers::{ORIGINAL_SUBJECT_HEADER, channel_binding, read_token};
 use super::sealed::reject_sealed;
-use crate::envelope::{Claims, Expected, Reason, Rejection, Verified, Verifier};
+use crate::envelope::{Claims, Expected, MAX_SIGNATURE_BATCH, Reason, Rejection, Verified, Verifier, verify_checked};
 
 /// A message whose token passed every check, with the sender's identity.
 #[derive(Debug, Clone)]
@@ -91,6 +93,7 @@ impl SubscriberBuilder {
             subscriber,
             verifier: self.verifier,
             sink: DeadLetterSink::new(self.client, self.dead_letter),
+            ready: VecDeque::new(),
         }
     }
 }
@@ -98,6 +101,11 @@ impl SubscriberBuilder {
 /// Yields only messages whose token verifies. Every other message is logged
 /// with its reason code, counted and copied to the dead-letter subject; it
 /// never reaches the caller.
+///
+/// When several messages have arrived, up to [`MAX_SIGNATURE_BATCH`] of
+/// them are verified together with [`Verifier::verify_batch`], which gives
+/// each the result that verifying it alone would. The subscriber never waits
+/// for more messages to fill a batch.
 ///
 /// ```no_run
 /// use trustwire::nats::{DeadLetter, VerifyingSubscriber};
@@ -118,6 +126,9 @@ pub struct VerifyingSubscriber {
     subscriber: Subscriber,
     verifier: Verifier,
     sink: DeadLetterSink,
+    /// Verified messages of the last batch that `next` has not returned
+    /// yet, in arrival order.
+    ready: VecDeque<VerifiedMessage>,
 }
 
 impl VerifyingSubscriber {
@@ -134,9 +145,38 @@ impl VerifyingSubscriber {
     /// subscription has ended (unsubscribed or the client was dropped).
     pub async fn next(&mut self) -> Option<VerifiedMessage> {
         loop {
-            let message = self.subscriber.next().await?;
-            match verify_arrived(&self.verifier, &message).await {
-                Ok(verified) => return Some(VerifiedMessage::new(message, verified)),
+            if let Some(message) = self.ready.pop_front() {
+                return Some(message);
+            }
+            let first = self.subscriber.next().await?;
+            let batch = self.take_arrived(first);
+            self.verify_batch(batch).await;
+        }
+    }
+
+    /// Returns `first` and the messages that arrived after it, without
+    /// waiting for more, up to [`MAX_SIGNATURE_BATCH`] in all.
+    fn take_arrived(&mut self, first: Message) -> Vec<Message> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_SIGNATURE_BATCH {
+            match self.subscriber.next().now_or_never() {
+                Some(Some(message)) => batch.push(message),
+                // Nothing more has arrived, or the subscription ended, which
+                // the next call to `next` returns as `None`.
+                Some(None) | None => break,
+            }
+        }
+        batch
+    }
+
+    /// Verifies `batch`, queues the verified messages in order and
+    /// dead-letters the rest.
+    async fn verify_batch(&mut self, batch: Vec<Message>) {
+        let checked = batch.iter().map(check_arrived).collect();
+        let results = verify_checked(&self.verifier, checked).await;
+        for (message, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(verified) => self.ready.push_back(VerifiedMessage::new(message, verified)),
                 Err(rejection) => self.dead_letter(&message, &rejection).await,
             }
         }
@@ -160,8 +200,9 @@ impl VerifyingSubscriber {
     }
 }
 
-/// Verifies a core NATS message against the subject it arrived on.
-async fn verify_arrived(verifier: &Verifier, message: &Message) -> Result<Verified, Rejection> {
+/// Reads the token of a core NATS message and what it must be bound to:
+/// the subject it arrived on and its payload.
+fn check_arrived(message: &Message) -> Result<(&str, Expected<'_>), Rejection> {
     let binding = match channel_binding(message.subject.as_str()) {
         Ok(binding) => binding,
         Err(err) => {
@@ -170,24 +211,25 @@ async fn verify_arrived(verifier: &Verifier, message: &Message) -> Result<Verifi
             return Err(rejection);
         }
     };
-    verify_message(verifier, message, &Expected::message(binding, &message.payload)).await
+    let token = message_token(message)?;
+    Ok((token, Expected::message(binding, &message.payload)))
 }
 
-/// Reads the token of `message` and verifies it against `expected`. A
-/// sealed message is `wrong_type` here, so its JWE is never handed on as
-/// the payload.
+/// Reads the token of `message`. A sealed message is `wrong_type` here, so
+/// its JWE is never handed on as the payload.
+pub(crate) fn message_token(message: &Message) -> Result<&str, Rejection> {
+    reject_sealed(message)?;
+    read_token(message.headers.as_ref()).inspect_err(|rejection| {
+        note_transport_rejection(rejection, message.subject.as_str());
+    })
+}
+
+/// Reads the token of `message` and verifies it against `expected`.
 pub(crate) async fn verify_message(
     verifier: &Verifier,
     message: &Message,
     expected: &Expected<'_>,
 ) -> Result<Verified, Rejection> {
-    reject_sealed(message)?;
-    let token = match read_token(message.headers.as_ref()) {
-        Ok(token) => token,
-        Err(rejection) => {
-            note_transport_rejection(&rejection, message.subject.as_str());
-            return Err(rejection);
-        }
-    };
+    let token = message_token(message)?;
     verifier.verify(token, expected).await
 }
