@@ -612,6 +612,17 @@ mod tests {
                 matches!(&err, KeyError::InvalidJwk(reason) if reason.contains("canonical")),
                 "y = {y}: {err}"
             );
+
+            let jwk = serde_json::json!({
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": crate::encoding::b64_encode(&encoding),
+            });
+            let err = PublicKey::from_jwk(jwk.as_object().unwrap()).unwrap_err();
+            assert!(
+                matches!(&err, KeyError::InvalidJwk(reason) if reason.contains("canonical")),
+                "JWK with y = {y}: {err}"
+            );
         }
         assert!(
             found > 0,
