@@ -158,6 +158,14 @@ impl<const N: usize> Members<N> {
         }
     }
 
+    /// Removes and returns the member `name`.
+    pub(crate) fn take(&mut self, name: &str) -> Option<serde_json::Value> {
+        match self.names.slot(name) {
+            Some(slot) => self.known[slot].take(),
+            None => self.others.remove(name),
+        }
+    }
+
     /// Whether the object has a member `name`.
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()

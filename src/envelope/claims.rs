@@ -79,38 +79,83 @@ impl Claims {
     /// not named here move from `map` into `extra`, and `map` is left empty.
     /// On error `map` is unchanged, so the caller can still log its values.
     pub(crate) fn from_members(map: &mut ClaimMembers) -> Result<Self, Rejection> {
-        let iss = required(map, "iss", string)?;
-        let aud = match map.get("aud") {
-            None => return Err(missing("aud")),
-            Some(value) => audience(value)?,
-        };
-        let iat = required(map, "iat", numeric_date)?;
-        let exp = required(map, "exp", numeric_date)?;
-        let jti = required(map, "jti", string)?;
-        if jti.is_empty() || jti.len() > MAX_JTI_LEN {
-            return Err(malformed("\"jti\" must be 1 to 256 bytes".to_owned()));
-        }
+        // Every check runs on borrowed values first, so an error leaves `map`
+        // unchanged. Then the values move out instead of being copied. The
+        // moves repeat the type checks, so they return the same errors.
+        check_members(map)?;
 
         let claims = Self {
-            iss,
-            sub: optional(map, "sub", string)?,
-            aud,
-            iat,
-            exp,
+            iss: required_string(map, "iss")?,
+            sub: optional_string(map, "sub")?,
+            aud: take_audience(map)?,
+            iat: required(map, "iat", numeric_date)?,
+            exp: required(map, "exp", numeric_date)?,
             nbf: optional(map, "nbf", numeric_date)?,
-            jti,
-            chn: optional(map, "chn", string)?,
-            htm: optional(map, "htm", string)?,
-            htu: optional(map, "htu", string)?,
-            dig: optional(map, "dig", string)?,
+            jti: required_string(map, "jti")?,
+            chn: optional_string(map, "chn")?,
+            htm: optional_string(map, "htm")?,
+            htu: optional_string(map, "htu")?,
+            dig: optional_string(map, "dig")?,
             act: optional(map, "act", actor)?,
             extra: Map::new(),
         };
-
         Ok(Self {
             extra: map.take_others(),
             ..claims
         })
+    }
+}
+
+/// The checks of [`Claims::from_members`], in the order that decides which
+/// error a token with several faults gets.
+fn check_members(map: &ClaimMembers) -> Result<(), Rejection> {
+    required(map, "iss", string)?;
+    match map.get("aud") {
+        None => return Err(missing("aud")),
+        Some(value) => check_audience(value)?,
+    }
+    required(map, "iat", numeric_date)?;
+    required(map, "exp", numeric_date)?;
+    let jti = required(map, "jti", string)?;
+    if jti.is_empty() || jti.len() > MAX_JTI_LEN {
+        return Err(malformed("\"jti\" must be 1 to 256 bytes".to_owned()));
+    }
+
+    optional(map, "sub", string)?;
+    optional(map, "nbf", numeric_date)?;
+    optional(map, "chn", string)?;
+    optional(map, "htm", string)?;
+    optional(map, "htu", string)?;
+    optional(map, "dig", string)?;
+    optional(map, "act", actor)?;
+    Ok(())
+}
+
+fn required_string(map: &mut ClaimMembers, name: &str) -> Result<String, Rejection> {
+    optional_string(map, name)?.ok_or_else(|| missing(name))
+}
+
+fn optional_string(map: &mut ClaimMembers, name: &str) -> Result<Option<String>, Rejection> {
+    match map.take(name) {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(not_a_string(name)),
+    }
+}
+
+fn take_audience(map: &mut ClaimMembers) -> Result<Vec<String>, Rejection> {
+    let value = map.take("aud").ok_or_else(|| missing("aud"))?;
+    check_audience(&value)?;
+    match value {
+        Value::String(one) => Ok(vec![one]),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(text) => Ok(text),
+                _ => Err(aud_item_not_a_string()),
+            })
+            .collect(),
+        _ => Err(aud_not_strings()),
     }
 }
 
@@ -125,26 +170,34 @@ fn missing(name: &str) -> Rejection {
     )
 }
 
-fn required<T>(map: &ClaimMembers, name: &str, read: fn(&str, &Value) -> Result<T, Rejection>) -> Result<T, Rejection> {
+fn required<'a, T>(
+    map: &'a ClaimMembers,
+    name: &str,
+    read: fn(&str, &'a Value) -> Result<T, Rejection>,
+) -> Result<T, Rejection> {
     match map.get(name) {
         None => Err(missing(name)),
         Some(value) => read(name, value),
     }
 }
 
-fn optional<T>(
-    map: &ClaimMembers,
+fn optional<'a, T>(
+    map: &'a ClaimMembers,
     name: &str,
-    read: fn(&str, &Value) -> Result<T, Rejection>,
+    read: fn(&str, &'a Value) -> Result<T, Rejection>,
 ) -> Result<Option<T>, Rejection> {
     map.get(name).map(|value| read(name, value)).transpose()
 }
 
-fn string(name: &str, value: &Value) -> Result<String, Rejection> {
+fn string<'a>(name: &str, value: &'a Value) -> Result<&'a str, Rejection> {
     match value {
-        Value::String(text) => Ok(text.clone()),
-        _ => Err(malformed(format!("\"{name}\" is not a string"))),
+        Value::String(text) => Ok(text),
+        _ => Err(not_a_string(name)),
     }
+}
+
+fn not_a_string(name: &str) -> Rejection {
+    malformed(format!("\"{name}\" is not a string"))
 }
 
 fn numeric_date(name: &str, value: &Value) -> Result<i64, Rejection> {
@@ -161,30 +214,93 @@ fn numeric_date(name: &str, value: &Value) -> Result<i64, Rejection> {
     Ok(seconds)
 }
 
-fn audience(value: &Value) -> Result<Vec<String>, Rejection> {
+fn check_audience(value: &Value) -> Result<(), Rejection> {
     match value {
-        Value::String(one) => Ok(vec![one.clone()]),
+        Value::String(_) => Ok(()),
         Value::Array(items) => {
             if items.len() > MAX_AUDIENCES {
                 return Err(malformed("\"aud\" has more than 64 entries".to_owned()));
             }
-            items
-                .iter()
-                .map(|item| match item {
-                    Value::String(text) => Ok(text.clone()),
-                    _ => Err(malformed("\"aud\" contains a value that is not a string".to_owned())),
-                })
-                .collect()
+            if items.iter().any(|item| !item.is_string()) {
+                return Err(aud_item_not_a_string());
+            }
+            Ok(())
         }
-        _ => Err(malformed(
-            "\"aud\" is neither a string nor an array of strings".to_owned(),
-        )),
+        _ => Err(aud_not_strings()),
     }
+}
+
+fn aud_item_not_a_string() -> Rejection {
+    malformed("\"aud\" contains a value that is not a string".to_owned())
+}
+
+fn aud_not_strings() -> Rejection {
+    malformed("\"aud\" is neither a string nor an array of strings".to_owned())
 }
 
 fn actor(name: &str, value: &Value) -> Result<Value, Rejection> {
     match value {
         Value::Object(_) => Ok(value.clone()),
         _ => Err(malformed(format!("\"{name}\" is not an object"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"{"iss":"orders","aud":["billing","audit"],"iat":100,"exp":200,"jti":"j-1","chn":"nats:a","dig":"x","team":"blue"}"#;
+
+    #[test]
+    fn valid_claims_move_out() {
+        let mut members = parse_claims(VALID.as_bytes()).unwrap();
+        let claims = Claims::from_members(&mut members).unwrap();
+
+        assert_eq!(claims.iss, "orders");
+        assert_eq!(claims.aud, ["billing", "audit"]);
+        assert_eq!((claims.iat, claims.exp), (100, 200));
+        assert_eq!(claims.jti, "j-1");
+        assert_eq!(claims.chn.as_deref(), Some("nats:a"));
+        assert_eq!(claims.dig.as_deref(), Some("x"));
+        assert_eq!(claims.extra.get("team"), Some(&Value::from("blue")));
+        assert!(members.get("iss").is_none());
+        assert!(members.get("team").is_none());
+    }
+
+    /// The verifier logs the claimed iss and jti of a rejected token, so a
+    /// failed read must leave them in place.
+    #[test]
+    fn failed_read_keeps_members() {
+        let text = r#"{"iss":"orders","aud":"billing","iat":100,"exp":"200","jti":"j-1","chn":"nats:a"}"#;
+        let mut members = parse_claims(text.as_bytes()).unwrap();
+
+        let rejection = Claims::from_members(&mut members).unwrap_err();
+
+        assert_eq!(rejection.reason(), Reason::Malformed);
+        assert_eq!(members.get("iss"), Some(&Value::from("orders")));
+        assert_eq!(members.get("jti"), Some(&Value::from("j-1")));
+        assert_eq!(members.get("chn"), Some(&Value::from("nats:a")));
+    }
+
+    #[test]
+    fn first_fault_decides_reason() {
+        // jti is missing and sub is not a string: the required claims are
+        // checked first.
+        let text = r#"{"iss":"orders","aud":"billing","iat":100,"exp":200,"sub":7}"#;
+        let mut members = parse_claims(text.as_bytes()).unwrap();
+        let rejection = Claims::from_members(&mut members).unwrap_err();
+        assert_eq!(rejection.reason(), Reason::MissingClaim);
+
+        let text = r#"{"iss":"orders","aud":"billing","iat":100,"exp":200,"jti":"j","sub":7}"#;
+        let mut members = parse_claims(text.as_bytes()).unwrap();
+        let rejection = Claims::from_members(&mut members).unwrap_err();
+        assert_eq!(rejection.reason(), Reason::Malformed);
+    }
+
+    #[test]
+    fn duplicate_claim_rejected() {
+        assert!(parse_claims(br#"{"sub":"a","sub":"b"}"#).is_err());
+        assert!(parse_claims(br#"{"iss":"a","\u0069ss":"b"}"#).is_err());
+        assert!(parse_claims(br#"{"x":1,"x":2}"#).is_err());
     }
 }

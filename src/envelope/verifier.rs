@@ -596,8 +596,7 @@ impl Verifier {
 
 /// Steps 2 and 3: split, decode strictly, parse JSON, check the header.
 fn parse_token(token: &str) -> Result<Parsed<'_>, Rejection> {
-    let segments: Vec<&str> = token.split('.').collect();
-    match segments.len() {
+    match token.split('.').count() {
         3 => {}
         // Two tokens joined by a space or a comma also have five parts, but
         // a compact JWE has only base64url and '.'.
@@ -620,7 +619,11 @@ fn parse_token(token: &str) -> Result<Parsed<'_>, Rejection> {
             ));
         }
     }
-    let (header_b64, claims_b64, signature_b64) = (segments[0], segments[1], segments[2]);
+    let mut segments = token.split('.');
+    let (Some(header_b64), Some(claims_b64), Some(signature_b64)) = (segments.next(), segments.next(), segments.next())
+    else {
+        return Err(Rejection::new(Reason::Malformed, "expected 3 dot-separated segments"));
+    };
 
     let decode = |segment: &str, name: &str| {
         b64_decode(segment)
