@@ -90,6 +90,25 @@ async fn wait_reconnected(connects: &AtomicUsize, before: usize) {
     }
 }
 
+/// Waits until the server has processed every operation `client` sent
+/// before this call, SUBs included.
+///
+/// In async-nats 0.52 `Client::flush` only writes to the socket, here the
+/// proxy's, and the API has no PING. So the client publishes to an inbox it
+/// subscribes to. The server handles a connection's operations in order, so
+/// it echoes that message only after the earlier ones.
+async fn round_trip(client: &async_nats::Client) {
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, Bytes::new()).await.unwrap();
+    client.flush().await.unwrap();
+    assert!(
+        next_within(&mut echo, Duration::from_secs(5)).await.is_some(),
+        "no round trip to the NATS server within 5 s"
+    );
+    echo.unsubscribe().await.unwrap();
+}
+
 #[tokio::test]
 async fn jetstream_consumer_survives_cut() {
     const COUNT: usize = 60;
@@ -219,6 +238,7 @@ async fn core_subscriber_survives_cut() {
 
     let direct = connect().await;
     let mut dead = direct.subscribe(dead_letter.clone()).await.unwrap();
+    round_trip(&direct).await;
     let proxy = Proxy::start().await;
 
     // Publisher and subscriber both go through the proxy.
@@ -234,6 +254,11 @@ async fn core_subscriber_survives_cut() {
         .subscribe(subject.clone())
         .await
         .unwrap();
+    // Core NATS delivers only to subscriptions the server already has, and
+    // `subscribe` returns before the SUB reaches the server. Without this
+    // round trip the publisher's first messages, sent on another
+    // connection, can reach the server first and are dropped.
+    round_trip(&subscribing).await;
     let (sender, mut verified) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(message) = subscriber.next().await {
@@ -248,11 +273,13 @@ async fn core_subscriber_survives_cut() {
             .unwrap();
     }
     publishing.flush().await.unwrap();
-    for _ in 0..20 {
-        tokio::time::timeout(Duration::from_secs(5), verified.recv())
+    let mut before_cut = BTreeSet::new();
+    while before_cut.len() < 20 {
+        let payload = tokio::time::timeout(Duration::from_secs(5), verified.recv())
             .await
-            .unwrap()
-            .unwrap();
+            .unwrap_or_else(|_| panic!("only {} of 20 messages arrived before the cut", before_cut.len()))
+            .expect("the verifying subscriber ended");
+        before_cut.insert(payload);
     }
 
     let before = (
@@ -262,8 +289,9 @@ async fn core_subscriber_survives_cut() {
     assert!(proxy.cut() >= 2, "the proxy should carry both connections");
     wait_reconnected(&publishing_connects, before.0).await;
     wait_reconnected(&subscribing_connects, before.1).await;
-    // The subscription is restored on reconnect; give the server its SUB.
-    subscribing.flush().await.unwrap();
+    // async-nats sends the SUB again after reconnecting. Messages published
+    // before the server has it would be dropped, as before the cut.
+    round_trip(&subscribing).await;
 
     for index in 0..20 {
         publisher
@@ -277,7 +305,7 @@ async fn core_subscriber_survives_cut() {
         let payload = tokio::time::timeout(Duration::from_secs(5), verified.recv())
             .await
             .unwrap_or_else(|_| panic!("only {} of 20 messages arrived after the reconnect", after.len()))
-            .unwrap();
+            .expect("the verifying subscriber ended");
         if let Some(index) = payload.strip_prefix("after ") {
             after.insert(index.to_owned());
         }
