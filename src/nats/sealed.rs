@@ -15,7 +15,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
-use super::headers::{InvalidHeader, ORIGINAL_SUBJECT_HEADER, channel_binding, read_token, with_token};
+use super::headers::{
+    HeadersTooLarge, InvalidHeader, ORIGINAL_SUBJECT_HEADER, channel_binding, read_token, with_token,
+};
 use crate::envelope::{Claims, Expected, InvalidBinding, Reason, Rejection};
 use crate::identity::Audience;
 use crate::seal::{Opened, Opener, RecipientDirectory, SealError, Sealer};
@@ -45,6 +47,12 @@ pub enum SealedPublishError {
     #[error(transparent)]
     Header(#[from] InvalidHeader),
 
+    /// The headers with the token are longer than JetStream stores
+    /// ([`super::MAX_JETSTREAM_HEADER_BYTES`]). Only a [`super::SealedJetStream`]
+    /// returns it. Nothing was sent.
+    #[error(transparent)]
+    TooLarge(#[from] HeadersTooLarge),
+
     /// async-nats could not publish the message.
     #[error("publishing to NATS failed")]
     Publish(#[from] async_nats::PublishError),
@@ -53,6 +61,17 @@ pub enum SealedPublishError {
     /// the subject, timeout, duplicate rules).
     #[error("JetStream publish failed")]
     JetStream(#[from] async_nats::jetstream::context::PublishError),
+}
+
+impl SealedPublishError {
+    /// Returns the rejection reason this error corresponds to, when it has
+    /// one: [`Reason::TooLarge`] for [`SealedPublishError::TooLarge`].
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Self::TooLarge(_) => Some(Reason::TooLarge),
+            _ => None,
+        }
+    }
 }
 
 /// The sealer, audience, recipient directory and optional lifetime override
