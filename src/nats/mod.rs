@@ -40,6 +40,8 @@
 //! the choice of replay guard.
 
 mod dead_letter;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod headers;
 mod jetstream;
 mod kv;
