@@ -8,6 +8,9 @@
 #   - every openssl is 0.10.80 or later;
 #   - no jsonwebtoken is older than 10.3.
 #
+# A pre-release is older than its release. scripts/test-check-deps.sh
+# checks that each of these fails on a doctored copy of the tree.
+#
 # Versions come from Cargo.lock and fuzz/Cargo.lock, because they list
 # every package that any feature or target can pull in. Features come from
 # `cargo tree -e features` with all features on every target.
@@ -29,9 +32,15 @@ packages() {
     awk '/^\[\[package\]\]/ { name = "" } /^name = / { gsub(/"/, "", $3); name = $3 } /^version = / { gsub(/"/, "", $3); if (name != "") print name, $3 }' "$1"
 }
 
-# Succeeds when version $1 is at least $2.
+# Succeeds when version $1 is at least $2. A pre-release is older than
+# its release (2.0.0-rc.1 < 2.0.0), which sort -V alone gets wrong.
 at_least() {
-    [[ $(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1) == "$2" ]]
+    local version=$1 floor=$2
+    local core=${version%%-*}
+    if [[ $core == "$floor" && $version != "$core" ]]; then
+        return 1
+    fi
+    [[ $(printf '%s\n%s\n' "$floor" "$core" | sort -V | head -n 1) == "$floor" ]]
 }
 
 check_floor() {

@@ -25,7 +25,7 @@ seconds=${1:-${FUZZ_SECONDS:-30}}
 shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-    targets=(verify_token parse_jwks parse_policy http_request open_sealed)
+    targets=(verify_token parse_jwks parse_policy http_request open_sealed nats_headers amqp_headers)
 fi
 
 if ! command -v cargo-fuzz >/dev/null; then

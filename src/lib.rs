@@ -42,6 +42,9 @@ pub mod clock;
 pub mod config;
 mod encoding;
 pub mod envelope;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod jwks;
 pub mod keys;

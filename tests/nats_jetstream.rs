@@ -13,14 +13,16 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::stream::{self, Stream};
 use async_nats::jetstream::{self, Context};
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use nats_fixture::{Service, connect, header, next_within, service, service_with, suffix, verifier, verifier_with};
 use tokio::sync::mpsc;
 use trustwire::nats::{
-    DeadLetter, KvReplayGuard, ORIGINAL_SEQUENCE_HEADER, ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER,
-    REJECTED_HEADER, SignedJetStream, VerifiedMessage, VerifyingConsumer,
+    DeadLetter, JetStreamPublishError, KvReplayGuard, MAX_JETSTREAM_HEADER_BYTES, ORIGINAL_SEQUENCE_HEADER,
+    ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER, REJECTED_HEADER, SignedJetStream, VerifiedMessage,
+    VerifyingConsumer,
 };
-use trustwire::{ServiceId, Verifier};
+use trustwire::{Reason, ServiceId, Verifier};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -563,5 +565,82 @@ async fn batch_forgery_terminated_alone() {
     let info = assert_settled(&mut consumer).await;
     assert_eq!(info.delivered.stream_sequence, 9);
     assert_eq!(info.num_redelivered, 0);
+    setup.cleanup().await;
+}
+
+/// Computes the size of a header block as sent, from the `NATS/1.0` line
+/// through the blank line, which is what nats-server limits.
+fn wire_len(headers: &HeaderMap) -> usize {
+    let mut len = "NATS/1.0\r\n\r\n".len();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        for value in values {
+            len += name.len() + ": ".len() + value.as_str().len() + "\r\n".len();
+        }
+    }
+    len
+}
+
+fn app_header(len: usize) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HeaderName::from_static("App"),
+        HeaderValue::try_from("a".repeat(len)).unwrap(),
+    );
+    headers
+}
+
+#[tokio::test]
+async fn header_limit_checked_before_publish() {
+    let orders = service("orders");
+    let mut setup = setup().await;
+    let publisher = setup.publisher(&orders);
+
+    // The token's share of the header block, measured on a stored message.
+    let probe = publisher
+        .publish_with_headers(setup.subject.clone(), app_header(1), Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    let stored = setup.stream.get_raw_message(probe.sequence).await.unwrap();
+    let without_app = wire_len(&stored.headers) - 1;
+
+    // A block of exactly the limit is stored.
+    let fill = MAX_JETSTREAM_HEADER_BYTES - without_app;
+    let at_limit = publisher
+        .publish_with_headers(setup.subject.clone(), app_header(fill), Bytes::from_static(b"2"))
+        .await
+        .unwrap();
+    assert_eq!(at_limit.sequence, 2);
+    let stored = setup.stream.get_raw_message(at_limit.sequence).await.unwrap();
+    assert_eq!(wire_len(&stored.headers), MAX_JETSTREAM_HEADER_BYTES);
+
+    // One byte more is rejected before it is sent.
+    let err = publisher
+        .publish_with_headers(setup.subject.clone(), app_header(fill + 1), Bytes::from_static(b"3"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Some(Reason::TooLarge), "{err:?}");
+    assert!(matches!(err, JetStreamPublishError::TooLarge(_)), "{err:?}");
+
+    // Sent without the check, the same size is rejected by the server, so
+    // the limit is the server's and not a guess.
+    let mut oversized = stored.headers.clone();
+    oversized.insert(
+        HeaderName::from_static("App"),
+        HeaderValue::try_from("a".repeat(fill + 1)).unwrap(),
+    );
+    assert_eq!(wire_len(&oversized), MAX_JETSTREAM_HEADER_BYTES + 1);
+    let raw = setup
+        .context
+        .publish_with_headers(setup.subject.clone(), oversized, Bytes::from_static(b"3"))
+        .await
+        .unwrap()
+        .await;
+    let raw_err = raw.expect_err("nats-server stored a header block above its limit");
+    assert!(raw_err.to_string().contains("10097"), "{raw_err}");
+
+    let state = setup.stream.info().await.unwrap().state.clone();
+    assert_eq!(state.messages, 2);
+    assert_eq!(state.last_sequence, 2);
     setup.cleanup().await;
 }

@@ -12,7 +12,8 @@ use ed25519_dalek::Signer as _;
 use serde_json::{Value, json};
 use trustwire::clock::FixedClock;
 use trustwire::envelope::payload_digest;
-use trustwire::jwks::{JwkSet, KeySource, RemoteJwks, TrustStore};
+use trustwire::jwks::{JwkSet, JwksError, KeySource, RemoteJwks, TrustStore};
+use trustwire::keys::KeyError;
 use trustwire::replay::MemoryReplayGuard;
 use trustwire::{Binding, Expected, Policy, Reason, ServiceId, Signer, SigningKey, Verifier};
 
@@ -763,6 +764,16 @@ fn weak_key_in_jwks_rejected() {
         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
     ] {
         let doc = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x}]}).to_string();
-        assert!(JwkSet::parse(doc.as_bytes()).is_err(), "{x}");
+        let result = JwkSet::parse(doc.as_bytes());
+        assert!(
+            matches!(
+                result,
+                Err(JwksError::Key {
+                    index: 0,
+                    source: KeyError::WeakKey,
+                })
+            ),
+            "{x}: {result:?}"
+        );
     }
 }

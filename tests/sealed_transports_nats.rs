@@ -20,12 +20,12 @@ use tokio::sync::mpsc;
 use trustwire::jwks::{JwkSet, KeySource};
 use trustwire::keys::EncryptionKey;
 use trustwire::nats::{
-    DeadLetter, ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER, OpenedMessage, OpeningConsumer, OpeningSubscriber,
-    REJECTED_HEADER, SEALED_HEADER, SealedJetStream, SealedPublisher, SignedPublisher, TOKEN_HEADER, VerifiedMessage,
-    VerifyingSubscriber, channel_binding,
+    DeadLetter, MAX_JETSTREAM_HEADER_BYTES, ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER, OpenedMessage,
+    OpeningConsumer, OpeningSubscriber, REJECTED_HEADER, SEALED_HEADER, SealedJetStream, SealedPublishError,
+    SealedPublisher, SignedPublisher, TOKEN_HEADER, VerifiedMessage, VerifyingSubscriber, channel_binding,
 };
 use trustwire::seal::{Opener, RecipientDirectory, Sealer};
-use trustwire::{Audience, ServiceId};
+use trustwire::{Audience, Reason, ServiceId};
 
 const WAIT: Duration = Duration::from_secs(5);
 const PAYLOAD: &[u8] = br#"{"order":42,"card":"4111 1111 1111 1111"}"#;
@@ -574,5 +574,45 @@ async fn jetstream_round_trip_and_rejections() {
     );
     let info = setup.assert_settled().await;
     assert_eq!(info.num_redelivered, 0);
+    setup.cleanup().await;
+}
+
+#[tokio::test]
+async fn jetstream_oversized_headers_not_sent() {
+    let orders = service("orders");
+    let payments = Receiver::new("payments");
+    let mut setup = jetstream_setup().await;
+    let publisher = SealedJetStream::new(
+        setup.context.clone(),
+        Sealer::new(orders.signer.clone()),
+        id("payments"),
+        directory(&[&payments]),
+    );
+
+    // The caller's header alone fills the limit, so the token pushes the
+    // block above it.
+    let mut headers = HeaderMap::new();
+    let fill = MAX_JETSTREAM_HEADER_BYTES - "NATS/1.0\r\nApp: \r\n\r\n".len();
+    headers.insert(
+        HeaderName::from_static("App"),
+        HeaderValue::try_from("a".repeat(fill)).unwrap(),
+    );
+    let err = publisher
+        .publish_with_headers(setup.subject.clone(), headers, Bytes::from_static(PAYLOAD))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Some(Reason::TooLarge), "{err:?}");
+    assert!(matches!(err, SealedPublishError::TooLarge(_)), "{err:?}");
+
+    let state = setup.stream.info().await.unwrap().state.clone();
+    assert_eq!(state.messages, 0);
+    assert_eq!(state.last_sequence, 0);
+
+    // The publisher still works, and its first message is the stream's first.
+    let ack = publisher
+        .publish(setup.subject.clone(), Bytes::from_static(PAYLOAD))
+        .await
+        .unwrap();
+    assert_eq!(ack.sequence, 1);
     setup.cleanup().await;
 }

@@ -16,6 +16,8 @@
 
 mod consumer;
 mod dead_letter;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod headers;
 mod publisher;
 mod sealed;

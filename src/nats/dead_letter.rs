@@ -107,6 +107,9 @@ impl DeadLetterSink {
         let subject = self.target.subject.clone();
         let payload = message.payload.clone();
 
+        // NOTE: the copy adds headers to the original's, so a message near
+        // MAX_JETSTREAM_HEADER_BYTES can give a copy that a stream rejects
+        // (error 10097). That is a failed send, logged and counted below.
         let result = match &self.jetstream {
             Some(jetstream) => match jetstream.publish_with_headers(subject, headers, payload).await {
                 Ok(ack) => ack.await.map(drop).map_err(|err| err.to_string()),

@@ -33,6 +33,18 @@ pub const ORIGINAL_SEQUENCE_HEADER: &str = "Trustwire-Original-Sequence";
 /// purge or block the dead-letter stream.
 pub const ORIGINAL_HEADER_PREFIX: &str = "Trustwire-Original-";
 
+/// The largest header block JetStream stores, in bytes as sent: from the
+/// `NATS/1.0` line through the blank line that ends the block.
+///
+/// nats-server stores the header length in 16 bits, so it rejects a
+/// JetStream publish with a longer block with error 10097 ("header size
+/// exceeds maximum allowed of 64k") and stores nothing. Measured on
+/// nats-server 2.9.10 with memory and file streams: 65,535 bytes are
+/// stored, 65,536 are rejected. Core NATS has no such limit, only the
+/// server's `max_payload` (1 MiB by default) for headers and payload
+/// together.
+pub const MAX_JETSTREAM_HEADER_BYTES: usize = 65_535;
+
 /// The channel binding of a NATS subject: `nats:<subject>`.
 pub fn channel_binding(subject: &str) -> Result<Binding, InvalidBinding> {
     Binding::channel(format!("nats:{subject}"))
@@ -136,6 +148,39 @@ pub(crate) fn dead_letter_headers(
     headers
 }
 
+/// Computes the size of `headers` as async-nats 0.52 sends them:
+/// `NATS/1.0\r\n`, then `Name: value\r\n` for each value, then `\r\n`.
+pub(crate) fn encoded_len(headers: &HeaderMap) -> usize {
+    let mut len = "NATS/1.0\r\n".len() + "\r\n".len();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        for value in values {
+            len += name.len() + ": ".len() + value.as_str().len() + "\r\n".len();
+        }
+    }
+    len
+}
+
+/// Rejects `headers` when JetStream would not store them, before anything
+/// is sent: see [`MAX_JETSTREAM_HEADER_BYTES`].
+pub(crate) fn check_jetstream_len(headers: &HeaderMap) -> Result<(), HeadersTooLarge> {
+    let header_bytes = encoded_len(headers);
+    if header_bytes > MAX_JETSTREAM_HEADER_BYTES {
+        return Err(HeadersTooLarge { header_bytes });
+    }
+    Ok(())
+}
+
+/// Headers, the token included, above [`MAX_JETSTREAM_HEADER_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the message headers with the token take {header_bytes} bytes, above JetStream's limit of {MAX_JETSTREAM_HEADER_BYTES}; send fewer or smaller headers"
+)]
+pub struct HeadersTooLarge {
+    /// The size of the header block that would have been sent.
+    pub header_bytes: usize,
+}
+
 /// A header value that contains `\r` or `\n`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("header {name:?} has a value with a carriage return or line feed, which NATS headers cannot carry")]
@@ -194,6 +239,29 @@ mod tests {
     fn value_with_newline_rejected() {
         assert!(checked_value("App", "x\r\nTrustwire-Token: forged").is_err());
         assert!(checked_value("App", "a.b.c").is_ok());
+    }
+
+    #[test]
+    fn encoded_len_matches_wire_format() {
+        let headers = map(&[(TOKEN_HEADER, "a.b.c"), ("App", "1"), ("App", "22")]);
+        let wire = "NATS/1.0\r\nTrustwire-Token: a.b.c\r\nApp: 1\r\nApp: 22\r\n\r\n";
+        assert_eq!(encoded_len(&headers), wire.len());
+        assert_eq!(encoded_len(&HeaderMap::new()), "NATS/1.0\r\n\r\n".len());
+    }
+
+    #[test]
+    fn jetstream_limit_inclusive() {
+        let fixed = encoded_len(&map(&[(TOKEN_HEADER, "")]));
+        let at_limit = map(&[(TOKEN_HEADER, &"t".repeat(MAX_JETSTREAM_HEADER_BYTES - fixed))]);
+        let above = map(&[(TOKEN_HEADER, &"t".repeat(MAX_JETSTREAM_HEADER_BYTES - fixed + 1))]);
+
+        assert_eq!(check_jetstream_len(&at_limit), Ok(()));
+        assert_eq!(
+            check_jetstream_len(&above),
+            Err(HeadersTooLarge {
+                header_bytes: MAX_JETSTREAM_HEADER_BYTES + 1
+            })
+        );
     }
 
     #[test]

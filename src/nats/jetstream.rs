@@ -28,7 +28,10 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
-use super::headers::{ORIGINAL_SEQUENCE_HEADER, ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER, channel_binding};
+use super::headers::{
+    HeadersTooLarge, ORIGINAL_SEQUENCE_HEADER, ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER, channel_binding,
+    check_jetstream_len,
+};
 use super::publisher::{PublishError, Stamp};
 use super::subscriber::{VerifiedMessage, message_token};
 use crate::envelope::{
@@ -48,10 +51,26 @@ pub enum JetStreamPublishError {
     #[error("cannot sign the message")]
     Sign(#[from] PublishError),
 
+    /// The headers with the token are longer than JetStream stores
+    /// ([`super::MAX_JETSTREAM_HEADER_BYTES`]). Nothing was sent.
+    #[error(transparent)]
+    TooLarge(#[from] HeadersTooLarge),
+
     /// The publish or its acknowledgement failed (no stream for the subject,
     /// timeout, duplicate rules).
     #[error("JetStream publish failed")]
     Publish(#[from] ContextPublishError),
+}
+
+impl JetStreamPublishError {
+    /// Returns the rejection reason this error corresponds to, when it has
+    /// one: [`Reason::TooLarge`] for [`JetStreamPublishError::TooLarge`].
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Self::TooLarge(_) => Some(Reason::TooLarge),
+            _ => None,
+        }
+    }
 }
 
 /// Signs what a service publishes to JetStream and returns the stream's
@@ -115,6 +134,9 @@ impl SignedJetStream {
 
     /// As [`publish`](Self::publish), with the caller's headers kept
     /// (`Nats-Msg-Id` for deduplication, say).
+    /// Headers that, with the token, take more than
+    /// [`MAX_JETSTREAM_HEADER_BYTES`](super::MAX_JETSTREAM_HEADER_BYTES)
+    /// are rejected as `TooLarge` before anything is sent.
     pub async fn publish_with_headers<S: ToSubject>(
         &self,
         subject: S,
@@ -134,6 +156,7 @@ impl SignedJetStream {
         let headers = self
             .stamp
             .headers_for(&self.stamp.audience, subject.as_str(), user, &payload)?;
+        check_jetstream_len(&headers)?;
         let ack = self
             .context
             .publish_with_headers(subject, headers, payload)

@@ -40,6 +40,8 @@
 //! the choice of replay guard.
 
 mod dead_letter;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod headers;
 mod jetstream;
 mod kv;
@@ -51,8 +53,8 @@ mod subscriber;
 
 pub use dead_letter::{DEFAULT_DEAD_LETTER_SUBJECT, DeadLetter};
 pub use headers::{
-    InvalidHeader, ORIGINAL_HEADER_PREFIX, ORIGINAL_SEQUENCE_HEADER, ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER,
-    REJECTED_HEADER, TOKEN_HEADER, channel_binding,
+    HeadersTooLarge, InvalidHeader, MAX_JETSTREAM_HEADER_BYTES, ORIGINAL_HEADER_PREFIX, ORIGINAL_SEQUENCE_HEADER,
+    ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER, REJECTED_HEADER, TOKEN_HEADER, channel_binding,
 };
 pub use jetstream::{
     ConsumerBuilder, ConsumerError, DEFAULT_TRANSIENT_RETRY_DELAY, JetStreamDelivery, JetStreamPublishError,

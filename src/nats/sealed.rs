@@ -15,7 +15,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
-use super::headers::{InvalidHeader, ORIGINAL_SUBJECT_HEADER, channel_binding, read_token, with_token};
+use super::headers::{
+    HeadersTooLarge, InvalidHeader, ORIGINAL_SUBJECT_HEADER, channel_binding, read_token, with_token,
+};
 use crate::envelope::{Claims, Expected, InvalidBinding, Reason, Rejection};
 use crate::identity::Audience;
 use crate::seal::{Opened, Opener, RecipientDirectory, SealError, Sealer};
@@ -45,6 +47,12 @@ pub enum SealedPublishError {
     #[error(transparent)]
     Header(#[from] InvalidHeader),
 
+    /// The headers with the token are longer than JetStream stores
+    /// ([`super::MAX_JETSTREAM_HEADER_BYTES`]). Only a [`super::SealedJetStream`]
+    /// returns it. Nothing was sent.
+    #[error(transparent)]
+    TooLarge(#[from] HeadersTooLarge),
+
     /// async-nats could not publish the message.
     #[error("publishing to NATS failed")]
     Publish(#[from] async_nats::PublishError),
@@ -53,6 +61,17 @@ pub enum SealedPublishError {
     /// the subject, timeout, duplicate rules).
     #[error("JetStream publish failed")]
     JetStream(#[from] async_nats::jetstream::context::PublishError),
+}
+
+impl SealedPublishError {
+    /// Returns the rejection reason this error corresponds to, when it has
+    /// one: [`Reason::TooLarge`] for [`SealedPublishError::TooLarge`].
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Self::TooLarge(_) => Some(Reason::TooLarge),
+            _ => None,
+        }
+    }
 }
 
 /// The sealer, audience, recipient directory and optional lifetime override
@@ -118,18 +137,29 @@ pub(crate) fn is_sealed(headers: Option<&HeaderMap>) -> bool {
     })
 }
 
-/// Rejects a sealed message that reached a verifier for plain messages:
-/// verified as plain, its JWE would be handed on as the payload.
-pub(crate) fn reject_sealed(message: &Message) -> Result<(), Rejection> {
-    if !is_sealed(message.headers.as_ref()) {
-        return Ok(());
+/// Reads the token of a message that reached a verifier for plain
+/// messages. A sealed message is `wrong_type`: verified as plain, its JWE
+/// would be handed on as the payload. Then [`read_token`] applies.
+pub(crate) fn plain_token(headers: Option<&HeaderMap>) -> Result<&str, Rejection> {
+    if is_sealed(headers) {
+        return Err(Rejection::new(
+            Reason::WrongType,
+            "the message is sealed (Trustwire-Sealed header), but this receiver verifies plain messages; open it with an OpeningSubscriber or OpeningConsumer",
+        ));
     }
-    let rejection = Rejection::new(
-        Reason::WrongType,
-        "the message is sealed (Trustwire-Sealed header), but this receiver verifies plain messages; open it with an OpeningSubscriber or OpeningConsumer",
-    );
-    note_transport_rejection(&rejection, message.subject.as_str());
-    Err(rejection)
+    read_token(headers)
+}
+
+/// Reads the token of a message that reached an opener of sealed messages.
+/// A plain message (no marker) is `wrong_type`. Then [`read_token`] applies.
+pub(crate) fn sealed_token(headers: Option<&HeaderMap>) -> Result<&str, Rejection> {
+    if !is_sealed(headers) {
+        return Err(Rejection::new(
+            Reason::WrongType,
+            "the message is plain (no Trustwire-Sealed header), but this receiver accepts only sealed messages",
+        ));
+    }
+    read_token(headers)
 }
 
 /// Checks the marker and the token header of `message`, then opens it
@@ -139,19 +169,10 @@ pub(super) async fn open_message(
     message: &Message,
     expected: &Expected<'_>,
 ) -> Result<Opened, Rejection> {
-    let subject = message.subject.as_str();
-    if !is_sealed(message.headers.as_ref()) {
-        let rejection = Rejection::new(
-            Reason::WrongType,
-            "the message is plain (no Trustwire-Sealed header), but this receiver accepts only sealed messages",
-        );
-        note_transport_rejection(&rejection, subject);
-        return Err(rejection);
-    }
-    let token = match read_token(message.headers.as_ref()) {
+    let token = match sealed_token(message.headers.as_ref()) {
         Ok(token) => token,
         Err(rejection) => {
-            note_transport_rejection(&rejection, subject);
+            note_transport_rejection(&rejection, message.subject.as_str());
             return Err(rejection);
         }
     };
@@ -412,6 +433,7 @@ async fn open_arrived(opener: &Opener, message: &Message) -> Result<Opened, Reje
 
 #[cfg(test)]
 mod tests {
+    use super::super::headers::TOKEN_HEADER;
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -428,6 +450,37 @@ mod tests {
         assert!(is_sealed(Some(&map(&[("trustwire-sealed", "yes")]))));
         assert!(!is_sealed(Some(&map(&[("Other", "1")]))));
         assert!(!is_sealed(None));
+    }
+
+    #[test]
+    fn marker_decides_wrong_type() {
+        let sealed = map(&[("trustwire-sealed", "1"), (TOKEN_HEADER, "a.b.c")]);
+        let plain = map(&[(TOKEN_HEADER, "a.b.c")]);
+
+        assert_eq!(plain_token(Some(&sealed)).unwrap_err().reason(), Reason::WrongType);
+        assert_eq!(plain_token(Some(&plain)).unwrap(), "a.b.c");
+        assert_eq!(sealed_token(Some(&plain)).unwrap_err().reason(), Reason::WrongType);
+        assert_eq!(sealed_token(None).unwrap_err().reason(), Reason::WrongType);
+        assert_eq!(sealed_token(Some(&sealed)).unwrap(), "a.b.c");
+    }
+
+    #[test]
+    fn marker_checked_before_token() {
+        let sealed_without_token = map(&[(SEALED_HEADER, "1")]);
+        let plain_without_token = map(&[("Other", "1")]);
+
+        assert_eq!(
+            plain_token(Some(&sealed_without_token)).unwrap_err().reason(),
+            Reason::WrongType
+        );
+        assert_eq!(
+            sealed_token(Some(&sealed_without_token)).unwrap_err().reason(),
+            Reason::Malformed
+        );
+        assert_eq!(
+            plain_token(Some(&plain_without_token)).unwrap_err().reason(),
+            Reason::Malformed
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::dead_letter::DeadLetter;
+use super::headers::check_jetstream_len;
 use super::jetstream::{ConsumerBuilder, ConsumerError, VerifyingConsumer, expected_delivery};
 use super::sealed::{OpenedMessage, SealStamp, SealedPublishError, open_message};
 use crate::envelope::{Claims, Rejection};
@@ -96,6 +97,9 @@ impl SealedJetStream {
 
     /// As [`publish`](Self::publish), with the caller's headers kept and
     /// sent unencrypted (`Nats-Msg-Id` for deduplication, say).
+    /// Headers that, with the token, take more than
+    /// [`MAX_JETSTREAM_HEADER_BYTES`](super::MAX_JETSTREAM_HEADER_BYTES)
+    /// are rejected as `TooLarge` before anything is sent.
     pub async fn publish_with_headers<S: ToSubject>(
         &self,
         subject: S,
@@ -113,6 +117,7 @@ impl SealedJetStream {
     ) -> Result<jetstream::publish::PublishAck, SealedPublishError> {
         let subject = subject.to_subject();
         let (headers, jwe) = self.stamp.seal(subject.as_str(), user, &payload).await?;
+        check_jetstream_len(&headers)?;
         let ack = self.context.publish_with_headers(subject, headers, jwe).await?.await?;
         Ok(ack)
     }

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
-use super::headers::{ORIGINAL_SUBJECT_HEADER, channel_binding, read_token};
-use super::sealed::reject_sealed;
+use super::headers::{ORIGINAL_SUBJECT_HEADER, channel_binding};
+use super::sealed::plain_token;
 use crate::envelope::{Claims, Expected, MAX_SIGNATURE_BATCH, Reason, Rejection, Verified, Verifier, verify_checked};
 
 /// A message whose token passed every check, with the sender's identity.
@@ -218,8 +218,7 @@ fn check_arrived(message: &Message) -> Result<(&str, Expected<'_>), Rejection> {
 /// Reads the token of `message`. A sealed message is `wrong_type` here, so
 /// its JWE is never handed on as the payload.
 pub(crate) fn message_token(message: &Message) -> Result<&str, Rejection> {
-    reject_sealed(message)?;
-    read_token(message.headers.as_ref()).inspect_err(|rejection| {
+    plain_token(message.headers.as_ref()).inspect_err(|rejection| {
         note_transport_rejection(rejection, message.subject.as_str());
     })
 }
