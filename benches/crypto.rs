@@ -149,6 +149,37 @@ impl Trustwire {
     }
 }
 
+/// Signing inputs and signatures of distinct trustwire tokens, for the
+/// raw verification floors.
+struct RawSamples {
+    samples: Vec<(Vec<u8>, ed25519_dalek::Signature)>,
+}
+
+impl RawSamples {
+    const COUNT: usize = 256;
+
+    fn new(trustwire: &Trustwire, payload: &[u8]) -> Self {
+        let samples = (0..Self::COUNT)
+            .map(|_| {
+                let token = trustwire.sign(payload);
+                let signature = ed25519_dalek::Signature::from_bytes(&signature_of(&token));
+                (signing_input(&token).as_bytes().to_vec(), signature)
+            })
+            .collect();
+        Self { samples }
+    }
+
+    /// Returns a closure that yields the samples in turn, round and round.
+    fn cycle<'s>(&'s self) -> impl FnMut() -> (&'s [u8], &'s ed25519_dalek::Signature) + 's {
+        let mut index = 0;
+        move || {
+            let (input, signature) = &self.samples[index % Self::COUNT];
+            index += 1;
+            (input.as_slice(), signature)
+        }
+    }
+}
+
 fn service(name: &str) -> ServiceId {
     ServiceId::new(name).unwrap()
 }
@@ -284,25 +315,30 @@ fn verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify");
     for (size, label) in SIZES {
         let payload = payload(size);
-        let token = trustwire.sign(&payload);
-        let input = signing_input(&token).as_bytes();
-        let signature = ed25519_dalek::Signature::from_bytes(&signature_of(&token));
+        // The floors verify distinct tokens in turn, as trustwire does.
+        let samples = RawSamples::new(&trustwire, &payload);
         group.throughput(Throughput::Bytes(size as u64));
 
         group.bench_function(BenchmarkId::new("ed25519-dalek verify_strict", label), |b| {
+            let mut next = samples.cycle();
             b.iter(|| {
+                let (input, signature) = next();
                 black_box(Sha256::digest(black_box(&payload)));
-                dalek_public.verify_strict(black_box(input), &signature).unwrap();
+                dalek_public.verify_strict(black_box(input), signature).unwrap();
             });
         });
         group.bench_function(BenchmarkId::new("ed25519-dalek verify", label), |b| {
+            let mut next = samples.cycle();
             b.iter(|| {
+                let (input, signature) = next();
                 black_box(Sha256::digest(black_box(&payload)));
-                ed25519_dalek::Verifier::verify(&dalek_public, black_box(input), &signature).unwrap();
+                ed25519_dalek::Verifier::verify(&dalek_public, black_box(input), signature).unwrap();
             });
         });
         group.bench_function(BenchmarkId::new("aws-lc-rs", label), |b| {
+            let mut next = samples.cycle();
             b.iter(|| {
+                let (input, signature) = next();
                 black_box(Sha256::digest(black_box(&payload)));
                 aws_public.verify_sig(black_box(input), &signature.to_bytes()).unwrap();
             });
@@ -668,37 +704,6 @@ mod ratios {
         /// Median over rounds of this rate divided by `trustwire single`,
         /// in the `verify_batch` group.
         ratio_to_single: Option<f64>,
-    }
-
-    /// Signing inputs and signatures of distinct trustwire tokens, for the
-    /// raw verification floors.
-    struct RawSamples {
-        samples: Vec<(Vec<u8>, ed25519_dalek::Signature)>,
-    }
-
-    impl RawSamples {
-        const COUNT: usize = 256;
-
-        fn new(trustwire: &Trustwire, payload: &[u8]) -> Self {
-            let samples = (0..Self::COUNT)
-                .map(|_| {
-                    let token = trustwire.sign(payload);
-                    let signature = ed25519_dalek::Signature::from_bytes(&signature_of(&token));
-                    (signing_input(&token).as_bytes().to_vec(), signature)
-                })
-                .collect();
-            Self { samples }
-        }
-
-        /// Returns a closure that yields the samples in turn, round and round.
-        fn cycle<'s>(&'s self) -> impl FnMut() -> (&'s [u8], &'s ed25519_dalek::Signature) + 's {
-            let mut index = 0;
-            move || {
-                let (input, signature) = &self.samples[index % Self::COUNT];
-                index += 1;
-                (input.as_slice(), signature)
-            }
-        }
     }
 
     fn timed(count: usize, mut operation: impl FnMut()) -> Duration {
