@@ -133,8 +133,9 @@ struct Ed25519Check<'t> {
 
 impl<'t> Ed25519Check<'t> {
     /// `None` for an ES256 key, a signature that is not 64 bytes long, or
-    /// one with a non-canonical s or a small-order R. Those are checked one
-    /// at a time, where the last two are rejected as `verify_strict` would.
+    /// one with a non-canonical s, a non-canonical R encoding or a
+    /// small-order R. Those are checked one at a time, where the last three
+    /// are rejected as `verify_strict` would.
     fn of(token: &'t Admitted<'_>) -> Option<Self> {
         let key = token.key.ed25519_key()?;
         let signature = <[u8; 64]>::try_from(token.parsed.signature.as_slice()).ok()?;
@@ -382,6 +383,72 @@ mod tests {
             if let (Err(batch), Err(single)) = (batch, single) {
                 assert_eq!(batch, single);
             }
+        }
+    }
+
+    /// Re-signs the signing input of `token` with the key of `seed` and the
+    /// nonce point encoding `r`, with s = k·a. The result verifies only where
+    /// `r` decodes to the identity and its bytes are not compared.
+    fn sign_with_identity_nonce(token: &str, seed: u8, r: [u8; 32]) -> String {
+        use curve25519_dalek::Scalar;
+        use sha2::{Digest, Sha512};
+
+        let (input, _) = token.rsplit_once('.').unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let mut hasher = Sha512::new();
+        hasher.update(r);
+        hasher.update(key.verifying_key().as_bytes());
+        hasher.update(input.as_bytes());
+        let k = Scalar::from_bytes_mod_order_wide(&hasher.finalize().into());
+        let s = k * key.to_scalar();
+
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(&r);
+        signature[32..].copy_from_slice(s.as_bytes());
+        format!("{input}.{}", crate::encoding::b64_encode(&signature))
+    }
+
+    /// Non-canonical encodings of the identity: x = 0 with the sign bit set,
+    /// and y = p + 1 with either sign bit. Each decodes to the identity.
+    const NON_CANONICAL_IDENTITY: [&str; 3] = [
+        "0100000000000000000000000000000000000000000000000000000000000080",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    ];
+
+    fn hex32(hex: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
+    }
+
+    /// The key's owner signs with a non-canonical encoding of the identity
+    /// as R and s = k·a. `verify_strict` rejects it because the encoding of
+    /// [s]B - [k]A is not those bytes. The batch equation decodes R to the
+    /// identity and holds, so the batch path must not accept it either.
+    #[test]
+    fn non_canonical_identity_nonce_rejected_in_batch() {
+        let fx = fixture();
+        let body = payload(1);
+        for r in NON_CANONICAL_IDENTITY {
+            let valid = sign(&fx.orders, &fx.channel, &body);
+            let forged = sign_with_identity_nonce(&sign(&fx.orders, &fx.channel, &body), 1, hex32(r));
+            let messages = vec![
+                (valid.as_str(), Expected::message(fx.channel.clone(), &body)),
+                (forged.as_str(), Expected::message(fx.channel.clone(), &body)),
+            ];
+
+            let batch = run(fx.verifier.verify_batch(&messages));
+            let single_verifier = verifier();
+            let single: Vec<Result<Verified, Rejection>> = messages
+                .iter()
+                .map(|(token, expected)| run(single_verifier.verify(token, expected)))
+                .collect();
+
+            assert_eq!(codes(&single), vec!["ok", "bad_signature"], "single, R = {r}");
+            assert_eq!(codes(&batch), vec!["ok", "bad_signature"], "batch, R = {r}");
         }
     }
 
