@@ -37,6 +37,10 @@ struct Ed25519Key {
     dalek: ed25519_dalek::VerifyingKey,
     #[cfg(feature = "aws-lc-rs")]
     aws_lc: std::sync::Arc<aws_lc_rs::signature::ParsedPublicKey>,
+    /// Whether the key lies in the prime-order subgroup. A key A + T with a
+    /// torsion part T loads, like in `verify_strict`, but is kept out of
+    /// batch verification (see `PublicKey::batch_ed25519_key`).
+    torsion_free: bool,
 }
 
 impl Ed25519Key {
@@ -48,6 +52,7 @@ impl Ed25519Key {
                 aws_lc_rs::signature::ParsedPublicKey::new(&aws_lc_rs::signature::ED25519, dalek.as_bytes())
                     .map_err(|_| KeyError::InvalidJwk("aws-lc-rs rejected the Ed25519 public key".into()))?,
             ),
+            torsion_free: dalek.to_edwards().is_torsion_free(),
             dalek,
         })
     }
@@ -303,12 +308,19 @@ impl PublicKey {
         }
     }
 
-    /// The Ed25519 verifying key, or `None` for a P-256 key.
-    #[allow(dead_code)]
-    pub(crate) fn ed25519_key(&self) -> Option<&ed25519_dalek::VerifyingKey> {
+    /// The Ed25519 verifying key for batch verification, or `None` for a
+    /// P-256 key or an Ed25519 key with a torsion part.
+    ///
+    /// Under a key A + T the owner's signatures leave [k]T in the equation.
+    /// `verify_strict` rejects them unless [k]T is the identity, but the
+    /// batch equation multiplies that rest by a factor z of its own and
+    /// holds whenever [z·k]T is the identity. Honest key generation never
+    /// makes such a key, so checking its tokens one at a time costs nothing
+    /// in practice.
+    pub(crate) fn batch_ed25519_key(&self) -> Option<&ed25519_dalek::VerifyingKey> {
         match &self.material {
-            Material::Ed25519(key) => Some(&key.dalek),
-            Material::P256(_) => None,
+            Material::Ed25519(key) if key.torsion_free => Some(&key.dalek),
+            Material::Ed25519(_) | Material::P256(_) => None,
         }
     }
 
