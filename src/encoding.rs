@@ -337,6 +337,9 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::Strategy;
+    use proptest::prop_oneof;
+
     use super::*;
 
     #[test]
@@ -366,6 +369,178 @@ mod tests {
     fn trailing_data_rejected() {
         assert!(parse_object(br#"{"a":1} x"#).is_err());
         assert!(parse_object(br#"[1]"#).is_err());
+    }
+
+    /// Slot names for the differential tests: a 7-byte name (the longest
+    /// that packs), a name with a NUL byte and two claim names.
+    static TEST_NAMES: MemberNames<4> = MemberNames::new(["iss", "abcdefg", "a\0", "jti"]);
+
+    /// Checks that `Members::parse` accepts exactly what `parse_object`
+    /// accepts, and yields the same members with the same values.
+    fn assert_parsers_agree(document: &str) {
+        let bytes = document.as_bytes();
+        let reference = parse_object(bytes);
+        let members = Members::parse(bytes, &TEST_NAMES);
+        let (reference, mut members) = match (reference, members) {
+            (Ok(reference), Ok(members)) => (reference, members),
+            // The error texts may differ: for an array at the top,
+            // Members fails at its first byte and parse_object after it.
+            (Err(_), Err(_)) => return,
+            (reference, members) => {
+                panic!("parsers disagree on {document:?}: parse_object {reference:?}, Members {members:?}")
+            }
+        };
+
+        for (name, value) in &reference {
+            assert_eq!(members.get(name), Some(value), "member {name:?} of {document:?}");
+        }
+        let in_slots = ["iss", "abcdefg", "a\0", "jti"]
+            .iter()
+            .filter(|name| members.contains(name))
+            .count();
+        let others = members.take_others();
+        assert_eq!(in_slots + others.len(), reference.len(), "member count of {document:?}");
+    }
+
+    /// JSON string literals for member names: slot names, their escaped
+    /// spellings, names one byte longer or shorter than a slot name, and
+    /// names with NUL bytes.
+    const NAME_LITERALS: [&str; 18] = [
+        r#""iss""#,
+        r#""\u0069ss""#,
+        r#""i\u0073\u0073""#,
+        r#""jti""#,
+        r#""abcdefg""#,
+        r#""abcdef\u0067""#,
+        r#""abcdefgh""#,
+        r#""abcdef""#,
+        r#""a\u0000""#,
+        r#""\u0061\u0000""#,
+        r#""a""#,
+        r#""\u0000""#,
+        r#""iss\u0000""#,
+        r#""""#,
+        r#""é""#,
+        r#""\ud83d\ude00""#,
+        r#""\/""#,
+        r#""/""#,
+    ];
+
+    /// JSON texts for leaf values, including numbers at and past the limits
+    /// of i64, u64 and f64.
+    const LEAF_VALUES: [&str; 18] = [
+        "null",
+        "true",
+        "false",
+        "0",
+        "-0",
+        "1.5",
+        "1e300",
+        "1e400",
+        "-1e300",
+        "9223372036854775807",
+        "9223372036854775808",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "123456789012345678901234567890",
+        r#""text""#,
+        r#""\u0000""#,
+        r#""\ud800""#,
+    ];
+
+    fn json_value() -> impl Strategy<Value = String> {
+        let leaf = proptest::sample::select(LEAF_VALUES.to_vec()).prop_map(str::to_owned);
+        // Up to 20 levels, past MAX_JSON_DEPTH.
+        leaf.prop_recursive(20, 64, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(|items| format!("[{}]", items.join(","))),
+                proptest::collection::vec((proptest::sample::select(NAME_LITERALS.to_vec()), inner), 0..4)
+                    .prop_map(|members| json_object(&members)),
+            ]
+        })
+    }
+
+    fn json_object(members: &[(&str, String)]) -> String {
+        let members: Vec<String> = members.iter().map(|(name, value)| format!("{name}:{value}")).collect();
+        format!("{{{}}}", members.join(","))
+    }
+
+    /// Generates a document: mostly an object, sometimes with data after it, inside
+    /// an array, or some other value at the top.
+    fn json_document() -> impl Strategy<Value = String> {
+        let object = proptest::collection::vec((proptest::sample::select(NAME_LITERALS.to_vec()), json_value()), 0..8)
+            .prop_map(|members| json_object(&members))
+            .boxed();
+        prop_oneof![
+            6 => object.clone(),
+            1 => object.clone().prop_map(|object| format!(" {object} \n")),
+            1 => object.clone().prop_map(|object| format!("{object} x")),
+            1 => object.clone().prop_map(|object| format!("{object}{object}")),
+            1 => object.clone().prop_map(|object| format!("[{object}]")),
+            1 => json_value(),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn members_agree_with_parse_object(document in json_document()) {
+            assert_parsers_agree(&document);
+        }
+    }
+
+    /// The generated documents include many that parse, so the value
+    /// comparison runs, and many that do not.
+    #[test]
+    fn generated_documents_cover_both_verdicts() {
+        use proptest::strategy::ValueTree;
+
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = json_document();
+        let mut accepted = 0;
+        for _ in 0..1000 {
+            let document = strategy.new_tree(&mut runner).unwrap().current();
+            if parse_object(document.as_bytes()).is_ok() {
+                accepted += 1;
+            }
+        }
+        assert!(accepted > 100, "{accepted} of 1000 parse");
+        assert!(accepted < 900, "{accepted} of 1000 parse");
+    }
+
+    #[test]
+    fn members_agree_on_hostile_objects() {
+        let many: Vec<String> = (0..5000).map(|i| format!("\"m{i}\":{i}")).collect();
+        let many = format!("{{{}}}", many.join(","));
+        let many_then_duplicate = format!("{},\"m17\":0}}", &many[..many.len() - 1]);
+        let deep = |levels: usize| format!("{{\"a\":{}{}}}", "[".repeat(levels), "]".repeat(levels));
+
+        let documents = [
+            r#"{"iss":"a","\u0069ss":"b"}"#.to_owned(),
+            r#"{"a\u0000":1,"\u0061\u0000":2}"#.to_owned(),
+            r#"{"a\u0000":1,"a":2}"#.to_owned(),
+            r#"{"abcdefg":1,"abcdefgh":2,"abcdef":3}"#.to_owned(),
+            r#"{"abcdefgh":1,"abcdefg\u0068":2}"#.to_owned(),
+            r#"{"iss":1e300,"jti":18446744073709551616,"x":-9223372036854775809}"#.to_owned(),
+            r#"{"iss":1e400}"#.to_owned(),
+            r#"{"iss":"a"} {"jti":"b"}"#.to_owned(),
+            r#"{"iss":"a"}x"#.to_owned(),
+            r#"{"iss":"a",}"#.to_owned(),
+            r#"[{"iss":"a"}]"#.to_owned(),
+            r#""iss""#.to_owned(),
+            "null".to_owned(),
+            String::new(),
+            many,
+            many_then_duplicate,
+            deep(15),
+            deep(16),
+            deep(200),
+        ];
+        for document in &documents {
+            assert_parsers_agree(document);
+        }
     }
 
     #[test]

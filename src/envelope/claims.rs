@@ -247,6 +247,8 @@ fn actor(name: &str, value: &Value) -> Result<Value, Rejection> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     const VALID: &str = r#"{"iss":"orders","aud":["billing","audit"],"iat":100,"exp":200,"jti":"j-1","chn":"nats:a","dig":"x","team":"blue"}"#;
@@ -295,6 +297,101 @@ mod tests {
         let mut members = parse_claims(text.as_bytes()).unwrap();
         let rejection = Claims::from_members(&mut members).unwrap_err();
         assert_eq!(rejection.reason(), Reason::Malformed);
+    }
+
+    /// For each claim with a slot: a valid value (the first, drawn most
+    /// often) and values of a wrong type or out of range. `None` leaves the
+    /// claim out.
+    fn claim_value(name: &'static str) -> impl Strategy<Value = Option<(&'static str, &'static str)>> {
+        let values: &'static [&'static str] = match name {
+            "aud" => &[
+                r#""billing""#,
+                r#"["billing","audit"]"#,
+                "[]",
+                r#"["billing",7]"#,
+                "7",
+                "null",
+            ],
+            "iat" | "exp" | "nbf" => &[
+                "100",
+                "0",
+                "253402300799",
+                "253402300800",
+                "-1",
+                "1.5",
+                "1e300",
+                r#""100""#,
+            ],
+            "act" => &[r#"{"sub":"gateway"}"#, r#""gateway""#, "[]"],
+            "jti" => &[r#""j-1""#, r#""""#, "7", "null"],
+            _ => &[r#""orders""#, "7", "true", "[]", "{}"],
+        };
+        let value = prop_oneof![9 => Just(values[0]), 1 => proptest::sample::select(values)];
+        proptest::option::weighted(0.9, value.prop_map(move |value| (name, value)))
+    }
+
+    fn claims_document() -> impl Strategy<Value = String> {
+        let claims: Vec<_> = KNOWN.iter().map(|name| claim_value(name)).collect();
+        (claims, proptest::option::of(Just(r#""team":"blue""#))).prop_map(|(claims, extra)| {
+            let mut members: Vec<String> = claims
+                .into_iter()
+                .flatten()
+                .map(|(name, value)| format!("\"{name}\":{value}"))
+                .collect();
+            members.extend(extra.map(str::to_owned));
+            format!("{{{}}}", members.join(","))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// A failed read leaves every member in place, so the verifier can
+        /// log the claimed iss and jti. A successful one moves them out.
+        #[test]
+        fn failed_read_keeps_every_member(document in claims_document()) {
+            let reference = crate::encoding::parse_object(document.as_bytes()).unwrap();
+            let mut members = parse_claims(document.as_bytes()).unwrap();
+
+            match Claims::from_members(&mut members) {
+                Err(_) => {
+                    for (name, value) in &reference {
+                        prop_assert_eq!(members.get(name), Some(value), "{} in {}", name, document);
+                    }
+                }
+                Ok(claims) => {
+                    prop_assert_eq!(Some(&Value::from(claims.iss)), reference.get("iss"));
+                    prop_assert_eq!(Some(&Value::from(claims.jti)), reference.get("jti"));
+                    prop_assert_eq!(Some(&Value::from(claims.iat)), reference.get("iat"));
+                    prop_assert_eq!(Some(&Value::from(claims.exp)), reference.get("exp"));
+                    prop_assert_eq!(claims.extra.get("team"), reference.get("team"));
+                    for name in KNOWN {
+                        prop_assert!(members.get(name).is_none(), "{} left in {}", name, document);
+                    }
+                    prop_assert!(members.get("team").is_none());
+                }
+            }
+        }
+    }
+
+    /// The generated documents include many that read and many that fail,
+    /// so both branches of the property run.
+    #[test]
+    fn generated_claims_cover_both_outcomes() {
+        use proptest::strategy::ValueTree;
+
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = claims_document();
+        let mut read = 0;
+        for _ in 0..1000 {
+            let document = strategy.new_tree(&mut runner).unwrap().current();
+            let mut members = parse_claims(document.as_bytes()).unwrap();
+            if Claims::from_members(&mut members).is_ok() {
+                read += 1;
+            }
+        }
+        assert!(read > 100, "{read} of 1000 read");
+        assert!(read < 900, "{read} of 1000 read");
     }
 
     #[test]

@@ -37,6 +37,10 @@ struct Ed25519Key {
     dalek: ed25519_dalek::VerifyingKey,
     #[cfg(feature = "aws-lc-rs")]
     aws_lc: std::sync::Arc<aws_lc_rs::signature::ParsedPublicKey>,
+    /// Whether the key lies in the prime-order subgroup. A key A + T with a
+    /// torsion part T loads, like in `verify_strict`, but is kept out of
+    /// batch verification (see `PublicKey::batch_ed25519_key`).
+    torsion_free: bool,
 }
 
 impl Ed25519Key {
@@ -48,6 +52,7 @@ impl Ed25519Key {
                 aws_lc_rs::signature::ParsedPublicKey::new(&aws_lc_rs::signature::ED25519, dalek.as_bytes())
                     .map_err(|_| KeyError::InvalidJwk("aws-lc-rs rejected the Ed25519 public key".into()))?,
             ),
+            torsion_free: dalek.to_edwards().is_torsion_free(),
             dalek,
         })
     }
@@ -119,8 +124,8 @@ const FIELD_PRIME_LE: [u8; 32] = [
 ];
 
 /// The canonical encodings of the eight points of order 1, 2, 4 and 8 on
-/// edwards25519. A non-canonical encoding of one of them never equals the
-/// canonical encoding that verification computes, so it needs no entry.
+/// edwards25519. Their non-canonical encodings are rejected by
+/// `is_canonical_nonce_encoding`, so they need no entry.
 const SMALL_ORDER_ENCODINGS: [[u8; 32]; 8] = [
     // The identity (0, 1), order 1.
     hex32("0100000000000000000000000000000000000000000000000000000000000000"),
@@ -167,11 +172,34 @@ fn is_below_le(value: &[u8], bound: &[u8; 32]) -> bool {
 }
 
 /// Whether an Ed25519 signature passes the encoding checks that come
-/// before the curve arithmetic: s below the group order and R not of small
-/// order.
+/// before the curve arithmetic: s below the group order, and R a canonical
+/// encoding of a point not of small order.
+///
+/// Single verification never accepts a non-canonical R, because it compares
+/// R's bytes with the canonical encoding of [s]B - [k]A. Batch verification
+/// decodes R to a point instead, so a non-canonical encoding of the identity
+/// (such as y = p + 1) with s = k·a would pass the batch equation there.
 pub(crate) fn has_strict_ed25519_encoding(signature: &[u8; 64]) -> bool {
     let (r, s) = signature.split_at(32);
-    is_canonical_scalar(s) && !is_small_order_encoding(r)
+    let Ok(r) = <&[u8; 32]>::try_from(r) else {
+        return false;
+    };
+    is_canonical_scalar(s) && is_canonical_nonce_encoding(r) && !is_small_order_encoding(r)
+}
+
+/// Whether `r` is the only encoding of its point: y below the field prime,
+/// and no sign bit when x is 0. x is 0 only at y = 1 and y = p - 1.
+fn is_canonical_nonce_encoding(r: &[u8; 32]) -> bool {
+    if !is_canonical_point_encoding(r) {
+        return false;
+    }
+    let sign_bit = r[31] & 0x80 != 0;
+    let mut y = *r;
+    y[31] &= 0x7f;
+    let mut minus_one = FIELD_PRIME_LE;
+    minus_one[0] -= 1;
+    let x_is_zero = y == SMALL_ORDER_ENCODINGS[0] || y == minus_one;
+    !(sign_bit && x_is_zero)
 }
 
 /// Whether the 32-byte little-endian scalar `s` is below the group order.
@@ -280,12 +308,19 @@ impl PublicKey {
         }
     }
 
-    /// The Ed25519 verifying key, or `None` for a P-256 key.
-    #[allow(dead_code)]
-    pub(crate) fn ed25519_key(&self) -> Option<&ed25519_dalek::VerifyingKey> {
+    /// The Ed25519 verifying key for batch verification, or `None` for a
+    /// P-256 key or an Ed25519 key with a torsion part.
+    ///
+    /// Under a key A + T the owner's signatures leave [k]T in the equation.
+    /// `verify_strict` rejects them unless [k]T is the identity, but the
+    /// batch equation multiplies that rest by a factor z of its own and
+    /// holds whenever [z·k]T is the identity. Honest key generation never
+    /// makes such a key, so checking its tokens one at a time costs nothing
+    /// in practice.
+    pub(crate) fn batch_ed25519_key(&self) -> Option<&ed25519_dalek::VerifyingKey> {
         match &self.material {
-            Material::Ed25519(key) => Some(&key.dalek),
-            Material::P256(_) => None,
+            Material::Ed25519(key) if key.torsion_free => Some(&key.dalek),
+            Material::Ed25519(_) | Material::P256(_) => None,
         }
     }
 
@@ -590,6 +625,247 @@ mod tests {
                 }
                 assert!(!ours, "seed {seed}, bit {bit}");
             }
+        }
+    }
+
+    /// The six non-canonical encodings of small-order points that
+    /// curve25519-dalek decodes: x = 0 with the sign bit set (y = 1 and
+    /// y = p - 1), and y = p + 1 and y = p with either sign bit.
+    const NON_CANONICAL_SMALL_ORDER: [[u8; 32]; 6] = [
+        hex32("0100000000000000000000000000000000000000000000000000000000000080"),
+        hex32("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"),
+        hex32("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+        hex32("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"),
+        hex32("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+        hex32("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"),
+    ];
+
+    /// k = SHA-512(R || A || M) mod L.
+    fn challenge(r: &[u8], public: &[u8; 32], message: &[u8]) -> Scalar {
+        let mut hasher = Sha512::new();
+        hasher.update(r);
+        hasher.update(public);
+        hasher.update(message);
+        Scalar::from_bytes_mod_order_wide(&hasher.finalize().into())
+    }
+
+    /// Signs with secret scalar `a` under the published key `public` and
+    /// the nonce point `nonce`, whose discrete log is `r` plus a torsion
+    /// part: s = r + k·a with k taken over the bytes of `nonce`.
+    fn sign_raw(a: &Scalar, public: &[u8; 32], r: &Scalar, nonce: &[u8; 32], message: &[u8]) -> [u8; 64] {
+        let k = challenge(nonce, public, message);
+        let s = r + k * a;
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(nonce);
+        signature[32..].copy_from_slice(s.as_bytes());
+        signature
+    }
+
+    /// Checks that trustwire's verification, ed25519-dalek's
+    /// `verify_strict` and both backends agree on `signature`, and returns
+    /// the verdict.
+    fn verdicts_agree(key: &ed25519_dalek::VerifyingKey, message: &[u8], signature: &[u8; 64], case: &str) -> bool {
+        let screened = screen_ed25519(*key).unwrap();
+        let strict = key
+            .verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
+            .is_ok();
+        let ours = screened.verify(message, signature);
+        assert_eq!(ours, strict, "trustwire and verify_strict disagree: {case}");
+
+        // The backends alone, without the encoding checks, agree with each
+        // other always, and with verify_strict whenever those checks pass.
+        let backends = backends_agree(&screened, message, signature);
+        if has_strict_ed25519_encoding(signature) {
+            assert_eq!(backends, strict, "the backends and verify_strict disagree: {case}");
+        }
+        ours
+    }
+
+    /// A point of order 8; its multiples are the whole torsion subgroup.
+    fn torsion_generator() -> curve25519_dalek::EdwardsPoint {
+        CompressedEdwardsY(SMALL_ORDER_ENCODINGS[4]).decompress().unwrap()
+    }
+
+    #[test]
+    fn small_order_encodings_not_strict() {
+        let key = signing_key(11);
+        let message = b"audit.logged";
+        let public = key.verifying_key().to_bytes();
+        for r in SMALL_ORDER_ENCODINGS.iter().chain(&NON_CANONICAL_SMALL_ORDER) {
+            let point = CompressedEdwardsY(*r).decompress().expect("decodes");
+            assert!(point.is_small_order(), "{r:02x?}");
+
+            // s = k·a: [s]B - [k]A is the identity.
+            let s = challenge(r, &public, message) * key.to_scalar();
+            let mut signature = [0u8; 64];
+            signature[..32].copy_from_slice(r);
+            signature[32..].copy_from_slice(s.as_bytes());
+
+            assert!(!has_strict_ed25519_encoding(&signature), "R = {r:02x?}");
+            assert!(
+                !verdicts_agree(&key.verifying_key(), message, &signature, &format!("R = {r:02x?}")),
+                "R = {r:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn scalar_encodings_match_verify_strict() {
+        let key = signing_key(12);
+        let message = b"stock.reserved";
+        let valid = key.sign(message).to_bytes();
+        assert!(verdicts_agree(&key.verifying_key(), message, &valid, "valid"));
+
+        let mut cases: Vec<(&str, [u8; 32])> = vec![
+            ("s + L", add_group_order(&valid[32..])),
+            ("s = L", GROUP_ORDER_LE),
+            ("s = 2^256 - 1", [0xff; 32]),
+        ];
+        for high_bits in [0x20u8, 0x40, 0x80, 0xe0] {
+            let mut s: [u8; 32] = valid[32..].try_into().unwrap();
+            s[31] |= high_bits;
+            cases.push(("s with high bits", s));
+        }
+
+        for (case, s) in cases {
+            let mut signature = valid;
+            signature[32..].copy_from_slice(&s);
+            assert!(!has_strict_ed25519_encoding(&signature), "{case}");
+            assert!(
+                !verdicts_agree(&key.verifying_key(), message, &signature, case),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn nonce_encodings_match_verify_strict() {
+        let key = signing_key(13);
+        let verifying = key.verifying_key();
+        let message = b"invoice.sent";
+        let valid = key.sign(message).to_bytes();
+
+        // R not on the curve: the first y values that do not decode.
+        let mut off_curve = 0;
+        for y in 2u8..64 {
+            let mut r = [0u8; 32];
+            r[0] = y;
+            if CompressedEdwardsY(r).decompress().is_some() {
+                continue;
+            }
+            off_curve += 1;
+            let mut signature = valid;
+            signature[..32].copy_from_slice(&r);
+            assert!(!verdicts_agree(
+                &verifying,
+                message,
+                &signature,
+                &format!("R off the curve, y = {y}")
+            ));
+        }
+        assert!(off_curve > 0);
+
+        // Non-canonical encodings y + p of large-order points. Nobody knows
+        // their discrete logs, so the s of a valid signature stands in.
+        let mut non_canonical = 0;
+        for y in 2u8..19 {
+            let mut r = FIELD_PRIME_LE;
+            r[0] += y;
+            let Some(point) = CompressedEdwardsY(r).decompress() else {
+                continue;
+            };
+            if point.is_small_order() {
+                continue;
+            }
+            non_canonical += 1;
+            let mut signature = valid;
+            signature[..32].copy_from_slice(&r);
+            assert!(!has_strict_ed25519_encoding(&signature), "y = {y} + p");
+            assert!(!verdicts_agree(
+                &verifying,
+                message,
+                &signature,
+                &format!("R = y + p, y = {y}")
+            ));
+        }
+        assert!(non_canonical > 0);
+
+        // A valid signature with the sign bit of R flipped: -R.
+        let mut signature = valid;
+        signature[31] ^= 0x80;
+        assert!(!verdicts_agree(&verifying, message, &signature, "R negated"));
+    }
+
+    /// R = [r]B + T for each torsion point T, with s = r + k·a: [s]B - [k]A
+    /// is [r]B, not R, so every backend must reject it.
+    #[test]
+    fn nonce_with_torsion_rejected() {
+        let key = signing_key(14);
+        let public = key.verifying_key().to_bytes();
+        let a = key.to_scalar();
+        let message = b"refund.issued";
+        let r = Scalar::from_bytes_mod_order_wide(&[0x5a; 64]);
+        let nonce = curve25519_dalek::constants::ED25519_BASEPOINT_POINT * r;
+
+        let honest = sign_raw(&a, &public, &r, &nonce.compress().to_bytes(), message);
+        assert!(verdicts_agree(&key.verifying_key(), message, &honest, "torsion-free R"));
+
+        for multiple in 1..8u8 {
+            let torsion = torsion_generator() * Scalar::from(multiple);
+            let encoded = (nonce + torsion).compress().to_bytes();
+            let signature = sign_raw(&a, &public, &r, &encoded, message);
+            assert!(has_strict_ed25519_encoding(&signature), "T = {multiple}·T8");
+            assert!(
+                !verdicts_agree(&key.verifying_key(), message, &signature, &format!("R + {multiple}·T8")),
+                "R + {multiple}·T8"
+            );
+        }
+    }
+
+    /// A mixed-order key A + T is not of small order, so it loads. A
+    /// signature s = r + k·a under it satisfies [s]B - [k](A + T) = R - [k]T,
+    /// which equals R exactly when [k]T is the identity. All verifiers must
+    /// agree on which of these signatures pass.
+    #[test]
+    fn mixed_order_key_matches_verify_strict() {
+        let key = signing_key(15);
+        let a = key.to_scalar();
+        for multiple in [1u8, 2, 4] {
+            let torsion = torsion_generator() * Scalar::from(multiple);
+            let mixed = curve25519_dalek::constants::ED25519_BASEPOINT_POINT * a + torsion;
+            let public = mixed.compress().to_bytes();
+            let verifying = ed25519_dalek::VerifyingKey::from_bytes(&public).unwrap();
+            assert!(!verifying.is_weak());
+            assert!(PublicKey::ed25519(verifying).is_ok(), "the mixed-order key loads");
+
+            let (mut accepted, mut rejected) = (0, 0);
+            for index in 0..64u32 {
+                let message = index.to_le_bytes();
+                let r = Scalar::from(u64::from(index) * 7919 + 1);
+                let nonce = (curve25519_dalek::constants::ED25519_BASEPOINT_POINT * r)
+                    .compress()
+                    .to_bytes();
+                let signature = sign_raw(&a, &public, &r, &nonce, &message);
+
+                let k = challenge(&nonce, &public, &message);
+                let expected = curve25519_dalek::traits::IsIdentity::is_identity(&(torsion * k));
+                let case = format!("{multiple}·T8, message {index}");
+                assert_eq!(
+                    verdicts_agree(&verifying, &message, &signature, &case),
+                    expected,
+                    "{case}"
+                );
+                if expected {
+                    accepted += 1;
+                } else {
+                    rejected += 1;
+                }
+            }
+            // Both outcomes occur, so the comparison covered each.
+            assert!(
+                accepted > 0 && rejected > 0,
+                "{multiple}·T8: {accepted} accepted, {rejected} rejected"
+            );
         }
     }
 
