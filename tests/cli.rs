@@ -341,6 +341,56 @@ fn keygen_rejects_invalid_service_id() {
 }
 
 #[test]
+fn sign_rejects_channel_without_transport() {
+    let tmp = tempfile::tempdir().unwrap();
+    keygen(tmp.path(), "orders");
+    for channel in ["orders.created", "nats:", "amqp:orders", "kafka:orders", ":orders"] {
+        let output = trustwire(["sign", "--audience", "payments", "--channel", channel, "--dir"])
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        assert_usage_error(&output, "use nats:<subject> or amqp:<exchange>/<routing key>");
+        assert!(output.stdout.is_empty(), "{channel}");
+    }
+}
+
+#[test]
+fn sign_accepts_both_transport_channels() {
+    let tmp = tempfile::tempdir().unwrap();
+    keygen(tmp.path(), "orders");
+    let payload = write_payload(tmp.path(), "payload", PAYLOAD);
+    for channel in ["nats:orders.created", "amqp:orders/created", "amqp:/orders-queue"] {
+        let output = trustwire(["sign", "--audience", "payments", "--channel", channel, "--dir"])
+            .arg(tmp.path())
+            .arg("--payload")
+            .arg(&payload)
+            .output()
+            .unwrap();
+        assert_success(&output);
+    }
+}
+
+#[test]
+fn sign_rejects_lowercase_method() {
+    let tmp = tempfile::tempdir().unwrap();
+    keygen(tmp.path(), "orders");
+    for request in ["post /v1/charges", "Get /v1/charges", " delete /v1/charges/7"] {
+        let output = trustwire(["sign", "--audience", "payments", "--http", request, "--dir"])
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        assert_usage_error(&output, "is case-sensitive");
+        assert!(output.stdout.is_empty(), "{request}");
+    }
+}
+
+#[test]
+fn verify_rejects_lowercase_method() {
+    let output = trustwire(["verify", "--http", "post /x", "a.b.c"]).output().unwrap();
+    assert_usage_error(&output, "write POST");
+}
+
+#[test]
 fn sign_rejects_group_readable_key() {
     let tmp = tempfile::tempdir().unwrap();
     let kid = keygen(tmp.path(), "orders");

@@ -33,12 +33,41 @@ pub(crate) fn parse_payload_source(value: &str) -> Result<PayloadSource, String>
 }
 
 /// Parses a `--channel` value such as `nats:orders.created`.
+///
+/// Only the two forms the transports bind to are accepted, so that a token
+/// signed here can verify where it is sent: `nats:<subject>` and
+/// `amqp:<exchange>/<routing key>` (the exchange may be empty).
 pub(crate) fn parse_channel(value: &str) -> Result<Binding, String> {
-    Binding::channel(value).map_err(|err| err.to_string())
+    let binding = Binding::channel(value).map_err(|err| err.to_string())?;
+    let transport_form = match value.split_once(':') {
+        Some(("nats", subject)) => !subject.is_empty(),
+        Some(("amqp", exchange_and_key)) => exchange_and_key.contains('/'),
+        _ => false,
+    };
+    if !transport_form {
+        return Err(format!(
+            "{value:?} is not a channel the transports bind to; use nats:<subject> or amqp:<exchange>/<routing key>"
+        ));
+    }
+    Ok(binding)
 }
 
+/// HTTP methods that a lowercase `--http` method is most likely meant to be.
+const STANDARD_METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "PATCH"];
+
 /// Parses an `--http` value such as `"POST /v1/charges?currency=EUR"`.
+///
+/// HTTP methods are case-sensitive (RFC 9110 section 9.1) and verifiers
+/// compare them exactly, so `post` is rejected here rather than signed
+/// into a token that no `POST` request would match.
 pub(crate) fn parse_http(value: &str) -> Result<Binding, String> {
+    let method = value.trim().split(' ').next().unwrap_or_default();
+    let upper = method.to_ascii_uppercase();
+    if method != upper && STANDARD_METHODS.contains(&upper.as_str()) {
+        return Err(format!(
+            "HTTP method {method:?} is case-sensitive and would not match a {upper} request; write {upper}"
+        ));
+    }
     Binding::parse_http(value).map_err(|err| err.to_string())
 }
 
