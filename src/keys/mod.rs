@@ -18,8 +18,8 @@ pub use lifecycle::{
     DEFAULT_PRE_PUBLISH, DEFAULT_RELOAD_INTERVAL, DEFAULT_RETENTION, KeyDirWatcher, KeyRecord, KeyState, Revocation,
     Rotation, Transition, reload_signer,
 };
-pub use public::PublicKey;
 pub(crate) use public::{ParsedJwk, has_strict_ed25519_encoding};
+pub use public::{PublicKey, single_verification_backend};
 pub use signing::SigningKey;
 
 #[cfg(test)]

@@ -80,25 +80,36 @@ impl Ed25519Key {
         self.verify_with_dalek(message, signature)
     }
 
-    /// The curve arithmetic of [`Ed25519Key::verify`] by ed25519-dalek.
+    /// Runs the curve arithmetic of [`Ed25519Key::verify`] with ed25519-dalek.
     fn verify_with_dalek(&self, message: &[u8], signature: &[u8; 64]) -> bool {
         use ed25519_dalek::Verifier as _;
         let signature = ed25519_dalek::Signature::from_bytes(signature);
         self.dalek.verify(message, &signature).is_ok()
     }
 
-    /// The curve arithmetic of [`Ed25519Key::verify`] by aws-lc-rs.
+    /// Runs the curve arithmetic of [`Ed25519Key::verify`] with aws-lc-rs.
     #[cfg(feature = "aws-lc-rs")]
     fn verify_with_aws_lc(&self, message: &[u8], signature: &[u8; 64]) -> bool {
         self.aws_lc.verify_sig(message, signature).is_ok()
     }
 }
 
-/// Whether ed25519-dalek verifies faster than aws-lc-rs here: when it was
-/// built with its AVX-512 IFMA backend and the CPU has AVX-512 IFMA and VL,
-/// the features that backend needs. Measured in docs/benchmarks.md on one
-/// such x86_64 CPU. Elsewhere aws-lc-rs was the faster one.
-#[cfg(feature = "aws-lc-rs")]
+/// The library that checks single Ed25519 signatures in this process:
+/// `"aws-lc-rs"` or `"ed25519-dalek"`. Batch verification always uses
+/// ed25519-dalek.
+pub fn single_verification_backend() -> &'static str {
+    #[cfg(feature = "aws-lc-rs")]
+    if !dalek_verifies_faster() {
+        return "aws-lc-rs";
+    }
+    "ed25519-dalek"
+}
+
+/// Returns whether ed25519-dalek verifies faster than aws-lc-rs here: when
+/// it was built with its AVX-512 IFMA backend and the CPU has AVX-512 IFMA
+/// and VL, the features that backend needs. Measured in docs/benchmarks.md
+/// on one such x86_64 CPU. Elsewhere aws-lc-rs was the faster one.
+#[cfg(any(feature = "aws-lc-rs", test))]
 fn dalek_verifies_faster() -> bool {
     #[cfg(all(target_arch = "x86_64", curve25519_dalek_backend = "avx512"))]
     {
@@ -314,7 +325,7 @@ impl PublicKey {
     /// Under a key A + T the owner's signatures leave [k]T in the equation.
     /// `verify_strict` rejects them unless [k]T is the identity, but the
     /// batch equation multiplies that rest by a factor z of its own and
-    /// holds whenever [z·k]T is the identity. Honest key generation never
+    /// is satisfied whenever [z·k]T is the identity. Honest key generation never
     /// makes such a key, so checking its tokens one at a time costs nothing
     /// in practice.
     pub(crate) fn batch_ed25519_key(&self) -> Option<&ed25519_dalek::VerifyingKey> {
@@ -505,6 +516,16 @@ mod tests {
             carry = total >> 8;
         }
         sum
+    }
+
+    #[test]
+    fn backend_name_matches_choice() {
+        let expected = if cfg!(feature = "aws-lc-rs") && !dalek_verifies_faster() {
+            "aws-lc-rs"
+        } else {
+            "ed25519-dalek"
+        };
+        assert_eq!(single_verification_backend(), expected);
     }
 
     #[test]
@@ -765,8 +786,8 @@ mod tests {
         }
         assert!(off_curve > 0);
 
-        // Non-canonical encodings y + p of large-order points. Nobody knows
-        // their discrete logs, so the s of a valid signature stands in.
+        // Non-canonical encodings y + p of large-order points. Their discrete
+        // logarithms are unknown, so the s of a valid signature is used instead.
         let mut non_canonical = 0;
         for y in 2u8..19 {
             let mut r = FIELD_PRIME_LE;

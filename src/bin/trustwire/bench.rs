@@ -33,7 +33,7 @@ const BATCH: usize = 64;
 /// Distinct tokens that the raw verifications cycle through. Verifying one
 /// signature over and over lets the branch predictor learn the
 /// variable-time scalar multiplication, which makes the floor a few
-/// percent faster than verifying the distinct tokens trustwire sees.
+/// percent faster than verifying the distinct tokens trustwire receives.
 const RAW_SAMPLES: usize = 256;
 
 /// Time one chunk of an operation should take, so operations alternate
@@ -589,13 +589,9 @@ fn backends() -> Backends {
     } else {
         "curve25519-dalek serial"
     };
-    // The library verifies single signatures with aws-lc-rs when it is built
-    // in, unless ed25519-dalek runs its AVX-512 IFMA backend, which was faster.
-    let dalek_avx512 = built_with_avx512_backend && cpu_has_avx512_ifma;
-    let verify_backend = if cfg!(feature = "aws-lc-rs") && !dalek_avx512 {
-        "aws-lc-rs"
-    } else {
-        batch_verify_backend
+    let verify_backend = match trustwire::keys::single_verification_backend() {
+        "aws-lc-rs" => "aws-lc-rs",
+        _ => batch_verify_backend,
     };
     Backends {
         cpu_has_avx512_ifma,
