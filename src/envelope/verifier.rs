@@ -46,9 +46,21 @@ const FORBIDDEN_HEADERS: [&str; 8] = ["crit", "b64", "jku", "jwk", "x5u", "x5c",
 /// The header members that verification reads: the three it needs and the
 /// forbidden ones. They get fixed slots when the header is parsed; any
 /// other member is still parsed, checked and kept.
-static HEADER_MEMBERS: MemberNames<11> = MemberNames::new([
-    "typ", "alg", "kid", "crit", "b64", "jku", "jwk", "x5u", "x5c", "zip", "enc",
-]);
+static HEADER_MEMBERS: MemberNames<HEADER_MEMBER_COUNT> = MemberNames::new(header_member_names());
+
+const HEADER_MEMBER_COUNT: usize = 3 + FORBIDDEN_HEADERS.len();
+
+/// Lists `typ`, `alg`, `kid` and then [`FORBIDDEN_HEADERS`], so the two
+/// lists cannot drift apart.
+const fn header_member_names() -> [&'static str; HEADER_MEMBER_COUNT] {
+    let mut names = ["typ", "alg", "kid", "", "", "", "", "", "", "", ""];
+    let mut i = 0;
+    while i < FORBIDDEN_HEADERS.len() {
+        names[3 + i] = FORBIDDEN_HEADERS[i];
+        i += 1;
+    }
+    names
+}
 
 /// The binding a receiver expects a token to carry: the channel or request
 /// that actually arrived, and its payload.
@@ -652,7 +664,7 @@ fn parse_token(token: &str) -> Result<Parsed<'_>, Rejection> {
     })
 }
 
-fn check_header(header: &Members<11>) -> Result<(Algorithm, String), Rejection> {
+fn check_header(header: &Members<HEADER_MEMBER_COUNT>) -> Result<(Algorithm, String), Rejection> {
     for name in FORBIDDEN_HEADERS {
         if header.contains(name) {
             if name == "enc" {
