@@ -73,7 +73,7 @@ fn parse_object_with<'de, V: Visitor<'de>>(bytes: &'de [u8], visitor: V) -> Resu
     Ok(value)
 }
 
-/// The error for a member name that appears twice in one object.
+/// Builds the error for a member name that appears twice in one object.
 fn duplicate_member<E: de::Error>(name: &str) -> E {
     let shown: String = name.chars().take(40).collect();
     de::Error::custom(format!("duplicate member name {shown:?}"))
@@ -150,7 +150,7 @@ impl<const N: usize> Members<N> {
         parse_object_with(bytes, MembersVisitor { names })
     }
 
-    /// The value of the member `name`, of any type.
+    /// Returns the value of the member `name`, of any type.
     pub(crate) fn get(&self, name: &str) -> Option<&serde_json::Value> {
         match self.names.slot(name) {
             Some(slot) => self.known[slot].as_ref(),
@@ -172,7 +172,7 @@ impl<const N: usize> Members<N> {
     }
 
     /// Removes and returns the members whose names are not in `names`, and
-    /// forgets the rest.
+    /// drops the others.
     pub(crate) fn take_others(&mut self) -> serde_json::Map<String, serde_json::Value> {
         self.known = std::array::from_fn(|_| None);
         std::mem::take(&mut self.others)

@@ -869,7 +869,7 @@ async fn batch_forgery_dead_lettered_alone() {
     let channel = format!("amqp:{}/k", topology.exchange);
 
     // Nine messages wait in the queue before the consumer starts, so the
-    // channel buffers several at once (prefetch 32); the fifth carries a
+    // channel buffers several at once (prefetch 32). The fifth carries a
     // signature that does not verify under the sender's key.
     for index in 0..9u8 {
         let id = format!("m{index}");

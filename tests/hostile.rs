@@ -1450,7 +1450,7 @@ fn small_order_key_file_rejected() {
         std::fs::write(&path, json!({"kty": "OKP", "crv": "Ed25519", "x": x}).to_string()).unwrap();
         let result = KeySource::file(&path);
         // The file error carries its cause as text, so the weak-key message
-        // tells this rejection apart from an unreadable or malformed file.
+        // distinguishes this rejection from an unreadable or malformed file.
         match result {
             Err(SourceError::File { reason, .. }) => {
                 assert!(reason.contains(&KeyError::WeakKey.to_string()), "{x}: {reason}");

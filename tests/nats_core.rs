@@ -665,7 +665,7 @@ async fn batch_forgery_dead_lettered_alone() {
     );
 
     // Nine messages arrive before the subscriber reads any, so they are
-    // verified as one batch; the fifth carries a signature that does not
+    // verified as one batch. The fifth carries a signature that does not
     // verify under the sender's key.
     for index in 0..9u8 {
         let payload = Bytes::from(vec![b'0' + index]);

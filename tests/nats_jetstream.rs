@@ -511,7 +511,7 @@ async fn batch_forgery_terminated_alone() {
         .unwrap();
 
     // Nine messages are stored before the consumer starts, so its first
-    // pull fetches them together; the fifth carries a signature that does
+    // pull fetches them together. The fifth carries a signature that does
     // not verify under the sender's key.
     let publisher = setup.publisher(&orders);
     for index in 0..9u8 {

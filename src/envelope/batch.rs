@@ -158,7 +158,7 @@ impl<'t> Ed25519Check<'t> {
 /// Whether every signature in `chunk` verifies, by one batch equation.
 ///
 /// NOTE: the batch equation is looser than `verify_strict` in one way. For
-/// a nonce point R = R' + T with a torsion part T it holds whenever the
+/// a nonce point R = R' + T with a torsion part T it is satisfied whenever the
 /// equation's factor z for that signature makes [z]T the identity, for T
 /// of order 2 in about every second batch. Single verification rejects such
 /// a signature as `bad_signature`. Only the holder of the private key can
@@ -528,7 +528,7 @@ mod tests {
     /// A key A + T with T of order 2 is not of small order, so it loads. Its
     /// owner's signatures s = r + k·a pass `verify_strict` exactly when k
     /// is even. The batch equation multiplies the leftover [k]T by a
-    /// per-signature factor z, so it holds whenever z is even, and must not
+    /// per-signature factor z, so it is satisfied whenever z is even, and must not
     /// let through what single verification rejects.
     #[test]
     fn mixed_order_key_batch_matches_single() {

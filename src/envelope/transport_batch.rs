@@ -1,6 +1,6 @@
 //! Batch verification for transports, whose own checks (token header,
-//! channel, sealed marker) reject some messages before the verifier sees
-//! them.
+//! channel, sealed marker) reject some messages before they reach the
+//! verifier.
 
 use super::rejection::{Reason, Rejection};
 use super::verifier::{Expected, Verified, Verifier};
