@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::{HeaderMap, HeaderName, HeaderValue, Message};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use nats_fixture::{connect, header, next_within, raw_hpub, service, suffix, verifier, verifier_with};
+use nats_fixture::{connect, header, next_within, raw_hpub, round_trip, service, suffix, verifier, verifier_with};
 use tokio::sync::mpsc;
 use trustwire::nats::{
     DeadLetter, ORIGINAL_SUBJECT_HEADER, REJECTED_HEADER, RequestError, SignedPublisher, TOKEN_HEADER, VerifiedMessage,
@@ -361,6 +361,9 @@ async fn raw_header_with_carriage_return_rejected() {
         .sign()
         .unwrap();
     let lines = format!("{TOKEN_HEADER}: {token}\rTrustwire-Rejected: none\r\nApp: a\rb\r\n");
+    // The raw publish comes over another connection, so the server must
+    // have both SUBs first.
+    round_trip(&client).await;
     raw_hpub(&names.subject, lines.as_bytes(), b"cr").await;
 
     let copy = expect_dead_letter(&mut dead, "malformed").await;
@@ -398,6 +401,7 @@ async fn invalid_header_name_does_not_panic() {
 
     // async-nats' parser refuses the name and drops the connection, then
     // reconnects; nothing may panic and the subscriber must carry on.
+    round_trip(&client).await;
     raw_hpub(&names.subject, "Bad\u{e9}Name: x\r\n".as_bytes(), b"bad").await;
 
     let publisher = SignedPublisher::new(

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use nats_fixture::{
-    connect, connect_counting, connect_to, nats_addr, next_within, service, suffix, verifier, verifier_with,
+    connect, connect_counting, connect_to, nats_addr, next_within, round_trip, service, suffix, verifier, verifier_with,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -88,25 +88,6 @@ async fn wait_reconnected(connects: &AtomicUsize, before: usize) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Waits until the server has processed every operation `client` sent
-/// before this call, SUBs included.
-///
-/// In async-nats 0.52 `Client::flush` only writes to the socket, here the
-/// proxy's, and the API has no PING. So the client publishes to an inbox it
-/// subscribes to. The server handles a connection's operations in order, so
-/// it echoes that message only after the earlier ones.
-async fn round_trip(client: &async_nats::Client) {
-    let inbox = client.new_inbox();
-    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
-    client.publish(inbox, Bytes::new()).await.unwrap();
-    client.flush().await.unwrap();
-    assert!(
-        next_within(&mut echo, Duration::from_secs(5)).await.is_some(),
-        "no round trip to the NATS server within 5 s"
-    );
-    echo.unsubscribe().await.unwrap();
 }
 
 #[tokio::test]

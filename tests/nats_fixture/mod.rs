@@ -137,6 +137,25 @@ pub(crate) fn header(message: &Message, name: &str) -> Option<String> {
         .map(|value| value.as_str().to_owned())
 }
 
+/// Waits until the server has processed every operation `client` sent
+/// before this call, SUBs included.
+///
+/// In async-nats 0.52 `Client::flush` only writes to the socket (perhaps a
+/// test proxy's), and the API has no PING. So the client publishes to an inbox it
+/// subscribes to. The server handles a connection's operations in order, so
+/// it echoes that message only after the earlier ones.
+pub(crate) async fn round_trip(client: &async_nats::Client) {
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, bytes::Bytes::new()).await.unwrap();
+    client.flush().await.unwrap();
+    assert!(
+        next_within(&mut echo, Duration::from_secs(5)).await.is_some(),
+        "no round trip to the NATS server within 5 s"
+    );
+    echo.unsubscribe().await.unwrap();
+}
+
 /// Publishes `headers` (a raw header block without the version line) and
 /// `payload` on `subject` over a bare TCP connection, bypassing async-nats'
 /// header checks, and waits until the server has processed it.
