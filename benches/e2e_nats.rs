@@ -109,6 +109,20 @@ async fn connect(url: &str) -> async_nats::Client {
     }
 }
 
+/// Returns once the server has processed everything `client` sent before,
+/// subscriptions included. async-nats' `flush` only writes to the socket,
+/// so a message published on the other connection right after it can reach
+/// the server before the SUB and be dropped, which the run would report as
+/// a lost message.
+async fn wait_for_server(client: &async_nats::Client) {
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, Bytes::new()).await.unwrap();
+    client.flush().await.unwrap();
+    within(echo.next()).await.expect("the echo subscription ended early");
+    echo.unsubscribe().await.unwrap();
+}
+
 fn unique_subject(flow: &str) -> String {
     format!("bench.e2e.{flow}.{}", unique_suffix())
 }
@@ -116,7 +130,7 @@ fn unique_subject(flow: &str) -> String {
 async fn throughput_unsigned(clients: &Clients, payload: &Bytes, count: usize) -> f64 {
     let subject = unique_subject("unsigned");
     let mut subscriber = clients.subscriber.subscribe(subject.clone()).await.unwrap();
-    clients.subscriber.flush().await.unwrap();
+    wait_for_server(&clients.subscriber).await;
 
     let started = Instant::now();
     let receiver = tokio::spawn(async move {
@@ -143,7 +157,7 @@ async fn throughput_signed(clients: &Clients, signer: &Signer, keys: &JwkSet, pa
         .subscribe(subject.clone())
         .await
         .unwrap();
-    clients.subscriber.flush().await.unwrap();
+    wait_for_server(&clients.subscriber).await;
 
     let started = Instant::now();
     let receiver = tokio::spawn(async move {
@@ -171,7 +185,7 @@ async fn latency(clients: &Clients, signer: &Signer, keys: &JwkSet, payload: &By
         .subscribe(signed_subject.clone())
         .await
         .unwrap();
-    clients.subscriber.flush().await.unwrap();
+    wait_for_server(&clients.subscriber).await;
 
     let crypto_channel = channel_binding("bench.e2e.latency-crypto").unwrap();
     let crypto_verifier = verifier(keys);
