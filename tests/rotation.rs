@@ -459,3 +459,41 @@ fn revoke_unknown_or_revoked_key_fails() {
     let kids: Vec<&str> = published.keys().iter().map(|key| key.kid()).collect();
     assert_eq!(kids, vec![replacement.as_str()]);
 }
+
+/// Two handles on one directory, as two processes would hold: a change
+/// made through the stale one keeps the change made through the other.
+#[test]
+fn change_through_stale_handle_keeps_other_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut operator = KeyDir::create(tmp.path(), service(ISSUER)).unwrap();
+    let mut timer = KeyDir::open(tmp.path()).unwrap();
+    let first = operator.active_key().kid().to_owned();
+    let encryption = operator.encryption_keys()[0].kid().to_owned();
+
+    let next = operator.rotate(&Rotation::default()).unwrap().kid().to_owned();
+    // `timer` was opened before the rotation; revoking the encryption key
+    // through it must not write back a keys.json without the next key.
+    let revocation = timer.revoke(&encryption).unwrap();
+    let new_encryption = revocation.replacement.unwrap();
+
+    let reopened = KeyDir::open(tmp.path()).unwrap();
+    let states: BTreeMap<String, KeyState> = reopened
+        .records()
+        .into_iter()
+        .map(|record| (record.kid, record.state))
+        .collect();
+    assert_eq!(states.len(), 4, "{states:?}");
+    assert_eq!(states[&first], KeyState::Active);
+    assert_eq!(states[&next], KeyState::Next);
+    assert_eq!(states[&encryption], KeyState::Revoked);
+    assert_eq!(states[&new_encryption], KeyState::Active);
+
+    let published = read_jwks(&reopened.jwks_path());
+    let mut kids: Vec<&str> = published.keys().iter().map(|key| key.kid()).collect();
+    kids.sort_unstable();
+    let mut expected = vec![first.as_str(), next.as_str()];
+    expected.sort_unstable();
+    assert_eq!(kids, expected);
+    let encryption_kids: Vec<&str> = published.encryption_keys().iter().map(|key| key.kid()).collect();
+    assert_eq!(encryption_kids, vec![new_encryption.as_str()]);
+}

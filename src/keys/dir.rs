@@ -6,6 +6,7 @@
 //! DIR/keys.json     manifest: service id and each key's kid, use, state and times
 //! DIR/<kid>.jwk     private JWK (signing or encryption), mode 0600
 //! DIR/jwks.json     public JWK Set served to verifiers and senders
+//! DIR/.lock         empty; writers hold an exclusive lock on it
 //! ```
 //!
 //! A manifest entry without `use` is a signing key, so directories created
@@ -17,7 +18,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,13 @@ use crate::jwks::JwkSet;
 
 const MANIFEST: &str = "keys.json";
 const JWKS_FILE: &str = "jwks.json";
+const LOCK_FILE: &str = ".lock";
+
+/// How long a change waits for another writer to release the directory.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// How often a waiting change tries the lock again.
+const LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// What a key is for: the JWK `use` member.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +105,7 @@ impl KeyDir {
         fs::create_dir_all(dir).map_err(io)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
 
+        let _lock = WriteLock::acquire(dir)?;
         if dir.join(MANIFEST).exists() {
             return Err(KeyError::InvalidKeyDir {
                 path: dir.to_owned(),
@@ -250,6 +259,13 @@ impl KeyDir {
     ///
     /// Fails if the directory already has an active encryption key.
     pub fn add_encryption_key(&mut self) -> Result<&EncryptionKey, KeyError> {
+        let _lock = WriteLock::acquire(&self.path)?;
+        self.reload()?;
+        self.add_encryption_key_locked()
+    }
+
+    /// [`Self::add_encryption_key`] for a caller that holds the write lock.
+    pub(super) fn add_encryption_key_locked(&mut self) -> Result<&EncryptionKey, KeyError> {
         let has_active = self.manifest.keys.iter().any(|entry| {
             entry.key_use == KeyUse::Enc && state_at(entry.state, &entry.schedule, unix_now()) == KeyState::Active
         });
@@ -382,6 +398,64 @@ fn name_file(err: KeyError, path: &Path) -> KeyError {
     }
 }
 
+/// An exclusive lock on a key directory's lock file, released on drop.
+///
+/// Every change to the directory takes it and then rereads the directory,
+/// so two processes that change it at once (a timer's `keys advance` and an
+/// operator's `keys rotate`, say) take turns, and neither writes a
+/// `keys.json` that drops the other's change. Readers take no lock: each
+/// file is replaced by a rename, and a private key file is written before
+/// the manifest that names it.
+pub(super) struct WriteLock {
+    // The lock is held as long as this descriptor is open.
+    _file: fs::File,
+}
+
+impl WriteLock {
+    /// Waits until no other writer holds the lock on `dir`, then takes it,
+    /// creating the lock file (mode 0600) if it is missing. Fails after
+    /// [`LOCK_WAIT`] rather than hang behind a writer that is stuck.
+    ///
+    /// NOTE: the lock is not reentrant; a caller that holds it and takes it
+    /// again waits for itself and fails after `LOCK_WAIT`. Methods that run
+    /// under the lock call the `_locked` forms of the others.
+    pub(super) fn acquire(dir: &Path) -> Result<Self, KeyError> {
+        let path = dir.join(LOCK_FILE);
+        let io = |source| KeyError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { _file: file }),
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(KeyError::InvalidKeyDir {
+                        path: dir.to_owned(),
+                        reason: format!(
+                            "another process has been changing it for {} s (it holds the lock on {}); try again when it is done",
+                            LOCK_WAIT.as_secs(),
+                            path.display()
+                        ),
+                    });
+                }
+                Err(fs::TryLockError::Error(source)) => return Err(io(source)),
+            }
+        }
+    }
+}
+
 /// Writes a file atomically (temporary file, then rename) with `mode`.
 pub(super) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
@@ -411,6 +485,52 @@ pub(super) fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change gives up with an error, instead of hanging, when another
+    /// writer keeps the lock for longer than `LOCK_WAIT`.
+    #[test]
+    fn change_fails_when_lock_stays_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        KeyDir::create(&dir, ServiceId::new("orders").unwrap()).unwrap();
+        let mut keys = KeyDir::open(&dir).unwrap();
+
+        let _lock = WriteLock::acquire(&dir).unwrap();
+        let err = keys.advance().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("another process has been changing it for 10 s (it holds the lock on"),
+            "{err}"
+        );
+    }
+
+    /// A change waits while another writer holds the directory's lock.
+    #[test]
+    fn change_waits_for_lock_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        let created = KeyDir::create(&dir, ServiceId::new("orders").unwrap()).unwrap();
+        let encryption = created.encryption_keys()[0].kid().to_owned();
+        let mut stale = KeyDir::open(&dir).unwrap();
+
+        let lock = WriteLock::acquire(&dir).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let result = stale.revoke(&encryption);
+            done_tx.send(()).unwrap();
+            result
+        });
+        // While the lock is held, the other writer must not finish.
+        assert_eq!(
+            done_rx.recv_timeout(std::time::Duration::from_millis(300)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+            "a change went through while another writer held the lock"
+        );
+        drop(lock);
+
+        let revocation = writer.join().unwrap().unwrap();
+        assert!(revocation.replacement.is_some());
+    }
 
     #[test]
     fn create_then_open() {

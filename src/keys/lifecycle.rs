@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::dir::{KeyUse, ManifestEntry, key_path, unix_now, write_file};
+use super::dir::{KeyUse, ManifestEntry, WriteLock, key_path, unix_now, write_file};
 use super::{KeyDir, KeyError, SigningKey};
 use crate::envelope::Signer;
 
@@ -197,11 +197,13 @@ impl KeyDir {
     /// [`Self::advance`] does. Fails if a next key is still waiting to become
     /// active: rotate again after it has.
     ///
-    /// NOTE: the directory is not locked. Two processes that write it at
-    /// once (a timer's `advance` and an operator's `rotate`, say) can lose
-    /// one of the two updates to `keys.json`.
+    /// Like every change to the directory, it holds the directory's write
+    /// lock and starts from the files as they are then, not as they were
+    /// when this `KeyDir` was opened.
     pub fn rotate(&mut self, rotation: &Rotation) -> Result<&SigningKey, KeyError> {
-        self.advance()?;
+        let _lock = WriteLock::acquire(&self.path)?;
+        self.reload()?;
+        self.advance_locked()?;
         if let Some(pending) = self.signing_entries().find(|entry| entry.state == KeyState::Next) {
             return Err(KeyError::InvalidKeyDir {
                 path: self.path.clone(),
@@ -265,6 +267,13 @@ impl KeyDir {
     /// time without this. Run it (`trustwire keys advance`) from a timer so
     /// that removed keys leave the served JWKS.
     pub fn advance(&mut self) -> Result<Vec<Transition>, KeyError> {
+        let _lock = WriteLock::acquire(&self.path)?;
+        self.reload()?;
+        self.advance_locked()
+    }
+
+    /// [`Self::advance`] for a caller that holds the write lock.
+    fn advance_locked(&mut self) -> Result<Vec<Transition>, KeyError> {
         let now = unix_now();
         let mut changes = Vec::new();
         for entry in &mut self.manifest.keys {
@@ -304,7 +313,9 @@ impl KeyDir {
     /// their unknown-`kid` refresh. Revoking the active encryption key adds
     /// a new one.
     pub fn revoke(&mut self, kid: &str) -> Result<Revocation, KeyError> {
-        self.advance()?;
+        let _lock = WriteLock::acquire(&self.path)?;
+        self.reload()?;
+        self.advance_locked()?;
         let now = unix_now();
         let Some(index) = self.manifest.keys.iter().position(|entry| entry.kid == kid) else {
             return Err(KeyError::InvalidKeyDir {
@@ -342,7 +353,7 @@ impl KeyDir {
         tracing::info!(dir = %self.path.display(), service = %self.service(), kid, replacement = replacement.as_deref().unwrap_or(""), "revoked key");
 
         if was_active && key_use == KeyUse::Enc {
-            replacement = Some(self.add_encryption_key()?.kid().to_owned());
+            replacement = Some(self.add_encryption_key_locked()?.kid().to_owned());
         }
         Ok(Revocation {
             kid: kid.to_owned(),
@@ -436,7 +447,7 @@ impl KeyDir {
     }
 
     /// Reopens the directory, so the loaded keys follow the manifest.
-    fn reload(&mut self) -> Result<(), KeyError> {
+    pub(super) fn reload(&mut self) -> Result<(), KeyError> {
         *self = Self::open(&self.path)?;
         Ok(())
     }
