@@ -13,9 +13,10 @@ impl Opener {
     /// run first, one message at a time. The tokens of the messages that pass
     /// them are then verified together with
     /// [`Verifier::verify_batch`](crate::Verifier::verify_batch), which
-    /// costs about half as much per Ed25519 signature. Last, each message
-    /// whose token verified is decrypted and its header binding checked, as
-    /// `open` does.
+    /// checks their Ed25519 signatures in one equation per
+    /// [`MAX_SIGNATURE_BATCH`](crate::envelope::MAX_SIGNATURE_BATCH) tokens.
+    /// Last, each message whose token verified is decrypted and its header
+    /// binding checked, as `open` does.
     ///
     /// Messages go through the replay guard in order, so of two messages
     /// with the same `jti` the later one is `replayed`. A message rejected by
@@ -307,6 +308,8 @@ mod tests {
             (Arrived::sealed("unread", &unread), "ok"),
             (wire_tampered, "digest_mismatch"),
             (resigned, "decryption_failed"),
+            // The message that did not decrypt used the jti.
+            (Arrived::sealed("tampered original", &tampered), "replayed"),
             (header_mismatch, "seal_mismatch"),
             (new_token, "seal_mismatch"),
             (Arrived::sealed("second", &second), "ok"),
