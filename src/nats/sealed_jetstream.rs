@@ -231,11 +231,11 @@ impl OpenedJetStreamDelivery {
 /// terminated. One rejected for a transient reason is nak'd with a delay.
 ///
 /// When the pull stream contains several fetched messages, up to
-/// [`MAX_SIGNATURE_BATCH`](crate::envelope::MAX_SIGNATURE_BATCH) of them are opened together with
-/// [`Opener::open_batch`], which gives each the result that opening it
-/// alone would. Rejected messages of a batch are settled before the opened
-/// ones are returned, in order. The consumer never waits for more messages
-/// to fill a batch.
+/// [`MAX_SIGNATURE_BATCH`](crate::envelope::MAX_SIGNATURE_BATCH) of them are
+/// opened together with [`Opener::open_batch`], which gives each the result
+/// that opening it alone would. Rejected messages of a batch are settled
+/// before the opened ones are returned, in order. The consumer never waits
+/// for more messages to fill a batch.
 ///
 /// ```no_run
 /// use trustwire::nats::OpeningConsumer;
