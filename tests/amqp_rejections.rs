@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amqp_support::{
-    Service, Topology, connect, header_text, next_verified, properties, publish_raw, publisher, raw_channel,
-    reasons_by_id, token_of, verifier,
+    Service, Topology, connect, corrupt_signature, header_text, next_verified, properties, publish_raw, publisher,
+    raw_channel, reasons_by_id, token_of, verifier,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -848,15 +848,6 @@ async fn wait_for_message(channel: &lapin::Channel, queue: &str) -> lapin::messa
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no message arrived in {queue} within 10 s");
-}
-
-/// Replaces the first character of the signature segment with another
-/// base64url character, so the token still parses but its signature does
-/// not verify.
-fn corrupt_signature(token: &str) -> String {
-    let (signing_input, signature) = token.rsplit_once('.').unwrap();
-    let first = if signature.starts_with('A') { "B" } else { "A" };
-    format!("{signing_input}.{first}{}", &signature[1..])
 }
 
 #[tokio::test]

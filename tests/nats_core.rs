@@ -12,7 +12,9 @@ use std::time::Duration;
 use async_nats::{HeaderMap, HeaderName, HeaderValue, Message};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use nats_fixture::{connect, header, next_within, raw_hpub, round_trip, service, suffix, verifier, verifier_with};
+use nats_fixture::{
+    connect, corrupt_signature, header, next_within, raw_hpub, round_trip, service, suffix, verifier, verifier_with,
+};
 use tokio::sync::mpsc;
 use trustwire::nats::{
     DeadLetter, ORIGINAL_SUBJECT_HEADER, REJECTED_HEADER, RequestError, SignedPublisher, TOKEN_HEADER, VerifiedMessage,
@@ -640,15 +642,6 @@ async fn reply_to_message_without_reply_subject_fails() {
         matches!(err, trustwire::nats::PublishError::NoReplySubject { .. }),
         "{err:?}"
     );
-}
-
-/// Replaces the first character of the signature segment with another
-/// base64url character, so the token still parses but its signature does
-/// not verify.
-fn corrupt_signature(token: &str) -> String {
-    let (signing_input, signature) = token.rsplit_once('.').unwrap();
-    let first = if signature.starts_with('A') { "B" } else { "A" };
-    format!("{signing_input}.{first}{}", &signature[1..])
 }
 
 #[tokio::test]

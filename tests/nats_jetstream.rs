@@ -15,7 +15,9 @@ use async_nats::jetstream::stream::{self, Stream};
 use async_nats::jetstream::{self, Context};
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
-use nats_fixture::{Service, connect, header, next_within, service, service_with, suffix, verifier, verifier_with};
+use nats_fixture::{
+    Service, connect, corrupt_signature, header, next_within, service, service_with, suffix, verifier, verifier_with,
+};
 use tokio::sync::mpsc;
 use trustwire::nats::{
     DeadLetter, JetStreamPublishError, KvReplayGuard, MAX_JETSTREAM_HEADER_BYTES, ORIGINAL_SEQUENCE_HEADER,
@@ -488,15 +490,6 @@ async fn transient_rejection_retried_not_dead_lettered() {
     assert_settled(&mut consumer).await;
     setup.context.delete_key_value(&bucket).await.unwrap();
     setup.cleanup().await;
-}
-
-/// Replaces the first character of the signature segment with another
-/// base64url character, so the token still parses but its signature does
-/// not verify.
-fn corrupt_signature(token: &str) -> String {
-    let (signing_input, signature) = token.rsplit_once('.').unwrap();
-    let first = if signature.starts_with('A') { "B" } else { "A" };
-    format!("{signing_input}.{first}{}", &signature[1..])
 }
 
 #[tokio::test]

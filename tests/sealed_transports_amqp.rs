@@ -10,11 +10,12 @@
 
 mod amqp_support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use amqp_support::{
-    Service, Topology, connect, drain, header_text, next_verified, properties, publish_raw, publisher, queue_arguments,
-    raw_channel, reasons_by_id, token_of, verifier,
+    Service, Topology, connect, corrupt_signature, drain, header_text, next_verified, properties, publish_raw,
+    publisher, queue_arguments, raw_channel, reasons_by_id, token_of, verifier,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,7 +25,7 @@ use lapin::{BasicProperties, Connection, ExchangeKind};
 use trustwire::amqp::{HANDLER_ERROR_HEADER, SEALED_HEADER, SealedPublisher, TOKEN_HEADER, VerifyingConsumer};
 use trustwire::jwks::{JwkSet, KeySource};
 use trustwire::keys::EncryptionKey;
-use trustwire::seal::{Opener, RecipientDirectory, Sealer};
+use trustwire::seal::{Opener, Recipient, RecipientDirectory, Sealer};
 use trustwire::{Audience, Binding, ServiceId};
 
 const PAYLOAD: &[u8] = br#"{"order":42,"card":"4111 1111 1111 1111"}"#;
@@ -59,6 +60,10 @@ impl Receiver {
     /// An opener for this service that trusts `senders`.
     fn opener(&self, senders: &[&Service]) -> Opener {
         Opener::new(verifier(self.name, senders), vec![self.key()]).unwrap()
+    }
+
+    fn recipient(&self) -> Recipient {
+        Recipient::new(id(self.name), self.key().public_key().clone())
     }
 }
 
@@ -523,6 +528,89 @@ async fn failed_handler_dead_letters_the_jwe() {
     );
     assert_eq!(header_text(&copy.properties, SEALED_HEADER).as_deref(), Some("1"));
     delete_queue(&topology, &wire).await;
+    topology.delete().await;
+}
+
+#[tokio::test]
+async fn batch_forgery_dead_lettered_alone() {
+    let connection = connect("tw-test-sealed-batch-forgery").await;
+    let topology = Topology::declare(&connection, ExchangeKind::Direct, &["k"]).await;
+    let orders = Service::new("orders");
+    let billing = Receiver::new("billing");
+    let publisher = sealed_publisher(&connection, &orders, "billing", directory_of(&billing)).await;
+    let raw = raw_channel(&connection).await;
+    let channel = Binding::channel(format!("amqp:{}/k", topology.exchange)).unwrap();
+
+    // Nine messages wait in the queue before the consumer starts, so the
+    // channel buffers several at once (prefetch 32). The fifth is sealed by
+    // orders, but its token carries a signature that does not verify under
+    // orders' key.
+    let mut forged_jwe = Vec::new();
+    for index in 0..9u8 {
+        let id = format!("m{index}");
+        let body = [b'0' + index];
+        if index != 4 {
+            publisher
+                .publish(
+                    &topology.exchange,
+                    "k",
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties(&id, &[]),
+                )
+                .await
+                .unwrap();
+            continue;
+        }
+        let sealed = Sealer::new(orders.signer())
+            .seal(&[billing.recipient()], channel.clone(), &body)
+            .unwrap();
+        let headers = [
+            (
+                TOKEN_HEADER,
+                AMQPValue::LongString(corrupt_signature(&sealed.token).into()),
+            ),
+            (SEALED_HEADER, AMQPValue::LongString("1".into())),
+        ];
+        publish_raw(&raw, &topology.exchange, "k", &sealed.jwe, properties(&id, &headers)).await;
+        forged_jwe = sealed.jwe;
+    }
+
+    let mut consumer = VerifyingConsumer::opening(billing.opener(&[&orders]), topology.dead_letter())
+        .consume(&connection, &topology.queue)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut bodies = Vec::new();
+    for _ in 0..8 {
+        let delivery = next_verified(&mut consumer).await;
+        assert_eq!(delivery.claims.iss, "orders");
+        bodies.push(delivery.payload.clone());
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(
+        bodies,
+        ["0", "1", "2", "3", "5", "6", "7", "8"].map(|body| body.as_bytes())
+    );
+
+    let copies = topology_dead_letters(&topology, 1).await;
+    assert_eq!(copies.len(), 1, "more than the forged message was dead-lettered");
+    assert_eq!(
+        reasons_by_id(&copies),
+        BTreeMap::from([("m4".to_owned(), "bad_signature".to_owned())])
+    );
+    assert_eq!(copies[0].data, forged_jwe);
+    assert_eq!(header_text(&copies[0].properties, SEALED_HEADER).as_deref(), Some("1"));
+
+    let stats = consumer.stats();
+    assert_eq!(stats.verified, 8);
+    assert_eq!(stats.acked, 8);
+    assert_eq!(stats.rejected, BTreeMap::from([("bad_signature", 1)]));
+    assert_eq!(stats.dead_lettered, 1);
+    assert_eq!(stats.requeued, 0);
+    assert!(topology.drain_dead_letters().await.is_empty());
+    assert!(topology.drain_queue().await.is_empty());
     topology.delete().await;
 }
 

@@ -15,16 +15,17 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue, Message};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use nats_fixture::{Service, connect, header, next_within, service, suffix, verifier};
+use nats_fixture::{Service, connect, corrupt_signature, header, next_within, round_trip, service, suffix, verifier};
 use tokio::sync::mpsc;
 use trustwire::jwks::{JwkSet, KeySource};
 use trustwire::keys::EncryptionKey;
 use trustwire::nats::{
-    DeadLetter, MAX_JETSTREAM_HEADER_BYTES, ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER, OpenedMessage,
-    OpeningConsumer, OpeningSubscriber, REJECTED_HEADER, SEALED_HEADER, SealedJetStream, SealedPublishError,
-    SealedPublisher, SignedPublisher, TOKEN_HEADER, VerifiedMessage, VerifyingSubscriber, channel_binding,
+    DeadLetter, MAX_JETSTREAM_HEADER_BYTES, ORIGINAL_SEQUENCE_HEADER, ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER,
+    OpenedMessage, OpeningConsumer, OpeningSubscriber, REJECTED_HEADER, SEALED_HEADER, SealedJetStream,
+    SealedPublishError, SealedPublisher, SignedPublisher, TOKEN_HEADER, VerifiedMessage, VerifyingSubscriber,
+    channel_binding,
 };
-use trustwire::seal::{Opener, RecipientDirectory, Sealer};
+use trustwire::seal::{Opener, Recipient, RecipientDirectory, Sealed, Sealer};
 use trustwire::{Audience, Reason, ServiceId};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -60,6 +61,10 @@ impl Receiver {
     /// An opener for this service that trusts `senders`.
     fn opener(&self, senders: &[&Service]) -> Opener {
         Opener::new(verifier(self.name, senders), vec![self.key()]).unwrap()
+    }
+
+    fn recipient(&self) -> Recipient {
+        Recipient::new(id(self.name), self.key().public_key().clone())
     }
 }
 
@@ -170,6 +175,31 @@ fn jti_of(token: &str) -> String {
     let claims = token.split('.').nth(1).unwrap();
     let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
     claims["jti"].as_str().unwrap().to_owned()
+}
+
+/// Seals `payload` from `sender` to `receiver` on `subject`, and returns the
+/// sealed message with the headers of a sealed message whose token's
+/// signature does not verify.
+fn forged_sealed(sender: &Service, receiver: &Receiver, subject: &str, payload: &[u8]) -> (Sealed, HeaderMap) {
+    let sealed = Sealer::new(sender.signer.clone())
+        .seal(&[receiver.recipient()], channel_binding(subject).unwrap(), payload)
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(TOKEN_HEADER, corrupt_signature(&sealed.token).as_str());
+    headers.insert(SEALED_HEADER, "1");
+    (sealed, headers)
+}
+
+/// Returns the payloads of the batch tests: `0` to `8`, one byte each.
+fn batch_payloads() -> Vec<Bytes> {
+    (0..9u8).map(|index| Bytes::from(vec![b'0' + index])).collect()
+}
+
+/// Returns the payloads of the batch tests without the forged fifth one.
+fn good_batch_payloads() -> Vec<Bytes> {
+    ["0", "1", "2", "3", "5", "6", "7", "8"]
+        .map(|text| Bytes::from_static(text.as_bytes()))
+        .to_vec()
 }
 
 #[tokio::test]
@@ -319,6 +349,61 @@ async fn tampered_ciphertext_dead_lettered() {
         .await
         .unwrap();
     assert_eq!(next_opened(&mut opening).await.payload(), PAYLOAD);
+}
+
+#[tokio::test]
+async fn core_batch_forgery_dead_lettered_alone() {
+    let orders = service("orders");
+    let payments = Receiver::new("payments");
+    let names = names();
+    let client = connect().await;
+    let mut dead = client.subscribe(names.dead_letter.clone()).await.unwrap();
+    let mut subscriber = OpeningSubscriber::builder(client.clone(), payments.opener(&[&orders]))
+        .dead_letter(DeadLetter::subject(&names.dead_letter))
+        .subscribe(names.subject.clone())
+        .await
+        .unwrap();
+    let publisher = sealed_publisher(&client, &orders, &[&payments]);
+
+    // Nine messages arrive before the subscriber reads any, so they are
+    // opened as one batch. The fifth is sealed by orders, but its token
+    // carries a signature that does not verify under orders' key.
+    let mut forged_jwe = Vec::new();
+    for (index, payload) in batch_payloads().into_iter().enumerate() {
+        if index != 4 {
+            publisher.publish(names.subject.clone(), payload).await.unwrap();
+            continue;
+        }
+        let (sealed, headers) = forged_sealed(&orders, &payments, &names.subject, &payload);
+        client
+            .publish_with_headers(names.subject.clone(), headers, sealed.jwe.clone().into())
+            .await
+            .unwrap();
+        forged_jwe = sealed.jwe;
+    }
+    // The subscription shares the connection, so once the server echoes a
+    // later message, all nine have reached the subscriber's buffer.
+    round_trip(&client).await;
+
+    let mut payloads = Vec::new();
+    for _ in 0..8 {
+        let message = tokio::time::timeout(WAIT, subscriber.next())
+            .await
+            .expect("no sealed message opened in time")
+            .expect("the subscription ended");
+        assert_eq!(message.issuer(), "orders");
+        payloads.push(Bytes::copy_from_slice(message.payload()));
+    }
+    assert_eq!(payloads, good_batch_payloads());
+
+    let copy = next_message(&mut dead, "dead-letter copy of the forged message").await;
+    assert_eq!(header(&copy, REJECTED_HEADER).as_deref(), Some("bad_signature"));
+    assert_eq!(header(&copy, ORIGINAL_SUBJECT_HEADER), Some(names.subject.clone()));
+    assert_eq!(copy.payload.as_ref(), forged_jwe.as_slice());
+    assert!(
+        next_within(&mut dead, Duration::from_millis(300)).await.is_none(),
+        "more than the forged message was dead-lettered"
+    );
 }
 
 #[tokio::test]
@@ -614,5 +699,86 @@ async fn jetstream_oversized_headers_not_sent() {
         .await
         .unwrap();
     assert_eq!(ack.sequence, 1);
+    setup.cleanup().await;
+}
+
+#[tokio::test]
+async fn jetstream_batch_forgery_terminated_alone() {
+    let orders = service("orders");
+    let payments = Receiver::new("payments");
+    let mut setup = jetstream_setup().await;
+    let client = setup.context.client();
+    let mut dead = client.subscribe(setup.dead_letter.clone()).await.unwrap();
+    let publisher = SealedJetStream::new(
+        setup.context.clone(),
+        Sealer::new(orders.signer.clone()),
+        id("payments"),
+        directory(&[&payments]),
+    );
+
+    // Nine messages are stored before the consumer starts, so its first
+    // pull fetches them together. The fifth is sealed by orders, but its
+    // token carries a signature that does not verify under orders' key.
+    let mut forged_jwe = Vec::new();
+    for (index, payload) in batch_payloads().into_iter().enumerate() {
+        if index != 4 {
+            publisher.publish(setup.subject.clone(), payload).await.unwrap();
+            continue;
+        }
+        let (sealed, headers) = forged_sealed(&orders, &payments, &setup.subject, &payload);
+        setup
+            .context
+            .publish_with_headers(setup.subject.clone(), headers, sealed.jwe.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        forged_jwe = sealed.jwe;
+    }
+
+    let mut opening = OpeningConsumer::builder(&setup.context, payments.opener(&[&orders]))
+        .dead_letter(DeadLetter::subject(&setup.dead_letter))
+        .messages(&setup.consumer)
+        .await
+        .unwrap();
+    let (sender, mut handled) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        opening
+            .run(move |message| {
+                let sender = sender.clone();
+                async move {
+                    sender.send(message).ok();
+                    Ok::<(), String>(())
+                }
+            })
+            .await
+    });
+
+    let mut payloads = Vec::new();
+    for _ in 0..8 {
+        let opened = tokio::time::timeout(WAIT, handled.recv())
+            .await
+            .expect("no sealed message opened in time")
+            .expect("the consumer stopped");
+        assert_eq!(opened.issuer(), "orders");
+        payloads.push(Bytes::copy_from_slice(opened.payload()));
+    }
+    assert_eq!(payloads, good_batch_payloads());
+
+    let copy = next_message(&mut dead, "dead-letter copy of the forged message").await;
+    assert_eq!(header(&copy, REJECTED_HEADER).as_deref(), Some("bad_signature"));
+    assert_eq!(header(&copy, ORIGINAL_SEQUENCE_HEADER).as_deref(), Some("5"));
+    assert_eq!(copy.payload.as_ref(), forged_jwe.as_slice());
+
+    // Terminated, not redelivered: after two ack waits nothing came back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        next_within(&mut dead, Duration::from_millis(200)).await.is_none(),
+        "more than the forged message was dead-lettered, or it was redelivered"
+    );
+    assert!(handled.try_recv().is_err(), "a message was handled twice");
+    let info = setup.assert_settled().await;
+    assert_eq!(info.delivered.stream_sequence, 9);
+    assert_eq!(info.num_redelivered, 0);
     setup.cleanup().await;
 }

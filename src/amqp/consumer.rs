@@ -207,45 +207,40 @@ impl Shared {
         self.verifier.audience().as_str()
     }
 
-    /// Checks the token header, then verifies the token against the
-    /// exchange, routing key and body that arrived. A consumer of sealed
-    /// messages opens the body and returns the plaintext too.
-    async fn verify(&self, delivery: &Delivery) -> Result<(Verified, Option<Vec<u8>>), Rejection> {
-        let (token, expected) = read_token_and_binding(delivery)?;
-        let Some(opener) = &self.opener else {
-            reject_sealed(&delivery.properties).map_err(transport_rejection)?;
-            return Ok((self.verifier.verify(token, &expected).await?, None));
-        };
-        require_sealed(&delivery.properties).map_err(transport_rejection)?;
-        let opened = opener.open(token, &expected).await?;
-        Ok((opened.verified, Some(opened.plaintext)))
-    }
-
-    /// Verifies each delivery of `batch` as [`verify`](Self::verify) does
-    /// and returns the results in order. Plain messages are verified with
-    /// one [`Verifier::verify_batch`] call. Sealed messages are opened one at
-    /// a time, because opening has no batch form.
+    /// Verifies the token of each delivery of `batch` against the exchange,
+    /// routing key and body that arrived, and returns the results in order.
+    /// The deliveries that pass the transport's checks (token header,
+    /// binding, sealed marker) are verified with one
+    /// [`Verifier::verify_batch`] call. A consumer of sealed messages opens
+    /// them with one [`Opener::open_batch`] call instead and returns the
+    /// plaintext too.
     async fn verify_batch(&self, batch: &[Delivery]) -> Vec<Result<(Verified, Option<Vec<u8>>), Rejection>> {
-        if self.opener.is_some() {
-            let mut results = Vec::with_capacity(batch.len());
-            for delivery in batch {
-                results.push(self.verify(delivery).await);
-            }
-            return results;
-        }
-
+        let check_marker = if self.opener.is_some() {
+            require_sealed
+        } else {
+            reject_sealed
+        };
         let checked = batch
             .iter()
             .map(|delivery| {
                 let (token, expected) = read_token_and_binding(delivery)?;
-                reject_sealed(&delivery.properties).map_err(transport_rejection)?;
+                check_marker(&delivery.properties).map_err(transport_rejection)?;
                 Ok((token, expected))
             })
             .collect();
-        verify_checked(&self.verifier, checked)
+
+        let Some(opener) = &self.opener else {
+            return verify_checked(&self.verifier, checked)
+                .await
+                .into_iter()
+                .map(|result| result.map(|verified| (verified, None)))
+                .collect();
+        };
+        opener
+            .open_checked(checked)
             .await
             .into_iter()
-            .map(|result| result.map(|verified| (verified, None)))
+            .map(|result| result.map(|opened| (opened.verified, Some(opened.plaintext))))
             .collect()
     }
 
@@ -420,9 +415,10 @@ fn read_token_and_binding(delivery: &Delivery) -> Result<(&str, Expected<'_>), R
 /// When the channel has several deliveries buffered (a prefetch count above
 /// 1), up to [`MAX_SIGNATURE_BATCH`] of them are verified together with
 /// [`Verifier::verify_batch`], which gives each the result that verifying it
-/// alone would. Rejected deliveries of a batch are settled before the
-/// verified ones are returned, in order. The consumer never waits for more
-/// deliveries to fill a batch. Sealed deliveries are opened one at a time.
+/// alone would. A consumer of sealed messages opens them together with
+/// [`Opener::open_batch`] in the same way. Rejected deliveries of a batch are
+/// settled before the verified ones are returned, in order. The consumer
+/// never waits for more deliveries to fill a batch.
 ///
 /// ```no_run
 /// use lapin::{Connection, ConnectionProperties};
@@ -557,16 +553,11 @@ impl VerifyingConsumer {
 
     /// Returns `first` and the deliveries the channel already buffered,
     /// without waiting for more, up to [`MAX_SIGNATURE_BATCH`] in all. A
-    /// consumer of sealed messages takes only `first`. A consumer error ends
-    /// the batch and is queued in `ready`, so that it follows the batch.
+    /// consumer error ends the batch and is queued in `ready`, so that it
+    /// follows the batch.
     fn take_buffered(&mut self, first: Delivery) -> Vec<Delivery> {
-        let limit = if self.shared.opener.is_some() {
-            1
-        } else {
-            MAX_SIGNATURE_BATCH
-        };
         let mut batch = vec![first];
-        while batch.len() < limit {
+        while batch.len() < MAX_SIGNATURE_BATCH {
             match self.consumer.next().now_or_never() {
                 Some(Some(Ok(delivery))) => batch.push(delivery),
                 Some(Some(Err(err))) => {

@@ -6,7 +6,6 @@ mod binding;
 mod claims;
 mod rejection;
 mod signer;
-#[cfg(any(feature = "nats", feature = "amqp"))]
 mod transport_batch;
 mod verifier;
 
@@ -16,7 +15,6 @@ pub use claims::Claims;
 pub use rejection::{Reason, Rejection};
 pub(crate) use signer::random_jti;
 pub use signer::{DEFAULT_TTL, SignError, Signer, SignerBuilder, TokenBuilder};
-#[cfg(any(feature = "nats", feature = "amqp"))]
 pub(crate) use transport_batch::verify_checked;
 pub use verifier::{
     DEFAULT_LEEWAY, DEFAULT_MAX_LIFETIME, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_TOKEN_BYTES, Expected,

@@ -1,6 +1,6 @@
-//! Batch verification for transports, whose own checks (token header,
-//! channel, sealed marker) reject some messages before they reach the
-//! verifier.
+//! Batch verification for transports and the opener of sealed messages,
+//! whose own checks (token header, channel, sealed marker, JWE size) reject
+//! some messages before they reach the verifier.
 
 use super::rejection::{Reason, Rejection};
 use super::verifier::{Expected, Verified, Verifier};

@@ -356,7 +356,7 @@ pub struct VerifyingConsumer {
     /// delivery order: verified messages, and a pull error that ended it.
     ready: VecDeque<Result<JetStreamDelivery, ConsumerError>>,
     /// Whether the pull stream returned `None` while a batch was taken.
-    ended: bool,
+    pub(super) ended: bool,
 }
 
 /// What a JetStream delivery is checked against: its subject and payload,
@@ -440,7 +440,10 @@ impl VerifyingConsumer {
     /// Returns `first` and the messages the pull stream already contains,
     /// without waiting for more, up to [`MAX_SIGNATURE_BATCH`] in all. A
     /// pull error ends the batch and is returned beside it.
-    fn take_fetched(&mut self, first: jetstream::Message) -> (Vec<jetstream::Message>, Option<MessagesError>) {
+    pub(super) fn take_fetched(
+        &mut self,
+        first: jetstream::Message,
+    ) -> (Vec<jetstream::Message>, Option<MessagesError>) {
         let mut batch = vec![first];
         while batch.len() < MAX_SIGNATURE_BATCH {
             match self.messages.next().now_or_never() {

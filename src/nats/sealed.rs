@@ -7,6 +7,7 @@
 //! and a plain [`super::VerifyingSubscriber`] rejects a marked message as
 //! `wrong_type` instead of passing the JWE on as if it were the payload.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_nats::subject::ToSubject;
@@ -18,7 +19,8 @@ use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
 use super::headers::{
     HeadersTooLarge, InvalidHeader, ORIGINAL_SUBJECT_HEADER, channel_binding, read_token, with_token,
 };
-use crate::envelope::{Claims, Expected, InvalidBinding, Reason, Rejection};
+use super::subscriber::{check_arrived, take_arrived};
+use crate::envelope::{Claims, InvalidBinding, Reason, Rejection};
 use crate::identity::Audience;
 use crate::seal::{Opened, Opener, RecipientDirectory, SealError, Sealer};
 
@@ -162,21 +164,12 @@ pub(crate) fn sealed_token(headers: Option<&HeaderMap>) -> Result<&str, Rejectio
     read_token(headers)
 }
 
-/// Checks the marker and the token header of `message`, then opens it
-/// against `expected`, whose payload is the JWE that arrived.
-pub(super) async fn open_message(
-    opener: &Opener,
-    message: &Message,
-    expected: &Expected<'_>,
-) -> Result<Opened, Rejection> {
-    let token = match sealed_token(message.headers.as_ref()) {
-        Ok(token) => token,
-        Err(rejection) => {
-            note_transport_rejection(&rejection, message.subject.as_str());
-            return Err(rejection);
-        }
-    };
-    opener.open(token, expected).await
+/// Reads the token of `message`, which must carry the sealed marker, so a
+/// plain message is `wrong_type` here.
+pub(super) fn sealed_message_token(message: &Message) -> Result<&str, Rejection> {
+    sealed_token(message.headers.as_ref()).inspect_err(|rejection| {
+        note_transport_rejection(rejection, message.subject.as_str());
+    })
 }
 
 /// Seals what a service publishes on core NATS: each payload is encrypted to
@@ -347,6 +340,7 @@ impl OpeningSubscriberBuilder {
             subscriber,
             opener: self.opener,
             sink: DeadLetterSink::new(self.client, self.dead_letter),
+            ready: VecDeque::new(),
         }
     }
 }
@@ -356,6 +350,12 @@ impl OpeningSubscriberBuilder {
 /// and its header names the token's `iss` and `jti`. Every other message,
 /// plain ones included (`wrong_type`), is logged with its reason code,
 /// counted and copied, still encrypted, to the dead-letter subject.
+///
+/// When several messages have arrived, up to
+/// [`MAX_SIGNATURE_BATCH`](crate::envelope::MAX_SIGNATURE_BATCH) of them are
+/// opened together with [`Opener::open_batch`], which gives each the result
+/// that opening it alone would. The subscriber never waits for more messages
+/// to fill a batch.
 ///
 /// ```no_run
 /// use trustwire::nats::{DeadLetter, OpeningSubscriber};
@@ -376,6 +376,9 @@ pub struct OpeningSubscriber {
     subscriber: Subscriber,
     opener: Opener,
     sink: DeadLetterSink,
+    /// Opened messages of the last batch that `next` has not returned yet,
+    /// in arrival order.
+    ready: VecDeque<OpenedMessage>,
 }
 
 impl OpeningSubscriber {
@@ -392,9 +395,26 @@ impl OpeningSubscriber {
     /// subscription has ended (unsubscribed or the client was dropped).
     pub async fn next(&mut self) -> Option<OpenedMessage> {
         loop {
-            let message = self.subscriber.next().await?;
-            match open_arrived(&self.opener, &message).await {
-                Ok(opened) => return Some(OpenedMessage::new(message, opened)),
+            if let Some(message) = self.ready.pop_front() {
+                return Some(message);
+            }
+            let first = self.subscriber.next().await?;
+            let batch = take_arrived(&mut self.subscriber, first);
+            self.open_batch(batch).await;
+        }
+    }
+
+    /// Opens `batch`, queues the opened messages in order and dead-letters
+    /// the rest.
+    async fn open_batch(&mut self, batch: Vec<Message>) {
+        let checked = batch
+            .iter()
+            .map(|message| check_arrived(message, sealed_message_token))
+            .collect();
+        let results = self.opener.open_checked(checked).await;
+        for (message, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(opened) => self.ready.push_back(OpenedMessage::new(message, opened)),
                 Err(rejection) => self.dead_letter(&message, &rejection).await,
             }
         }
@@ -416,19 +436,6 @@ impl OpeningSubscriber {
         let origin = [(ORIGINAL_SUBJECT_HEADER, message.subject.to_string())];
         self.sink.send(message, rejection, &origin).await;
     }
-}
-
-/// Opens a core NATS message against the subject it arrived on.
-async fn open_arrived(opener: &Opener, message: &Message) -> Result<Opened, Rejection> {
-    let binding = match channel_binding(message.subject.as_str()) {
-        Ok(binding) => binding,
-        Err(err) => {
-            let rejection = Rejection::new(Reason::Malformed, err.to_string());
-            note_transport_rejection(&rejection, message.subject.as_str());
-            return Err(rejection);
-        }
-    };
-    open_message(opener, message, &Expected::message(binding, &message.payload)).await
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! code: copied (still encrypted) to the dead-letter subject and then
 //! terminated, or nak'd for a transient reason.
 
+use std::collections::VecDeque;
 use std::fmt::{self, Display};
 use std::future::Future;
 use std::time::Duration;
@@ -21,8 +22,8 @@ use futures_util::StreamExt;
 use super::dead_letter::DeadLetter;
 use super::headers::check_jetstream_len;
 use super::jetstream::{ConsumerBuilder, ConsumerError, VerifyingConsumer, expected_delivery};
-use super::sealed::{OpenedMessage, SealStamp, SealedPublishError, open_message};
-use crate::envelope::{Claims, Rejection};
+use super::sealed::{OpenedMessage, SealStamp, SealedPublishError, sealed_message_token};
+use crate::envelope::Claims;
 use crate::identity::Audience;
 use crate::seal::{Opened, Opener, RecipientDirectory, Sealer};
 
@@ -161,6 +162,7 @@ impl OpeningConsumerBuilder {
         Ok(OpeningConsumer {
             inner,
             opener: self.opener,
+            ready: VecDeque::new(),
         })
     }
 }
@@ -228,6 +230,13 @@ impl OpenedJetStreamDelivery {
 /// dead-letter subject as it was stored, still encrypted, and then
 /// terminated. One rejected for a transient reason is nak'd with a delay.
 ///
+/// When the pull stream contains several fetched messages, up to
+/// [`MAX_SIGNATURE_BATCH`](crate::envelope::MAX_SIGNATURE_BATCH) of them are
+/// opened together with [`Opener::open_batch`], which gives each the result
+/// that opening it alone would. Rejected messages of a batch are settled
+/// before the opened ones are returned, in order. The consumer never waits
+/// for more messages to fill a batch.
+///
 /// ```no_run
 /// use trustwire::nats::OpeningConsumer;
 ///
@@ -245,6 +254,9 @@ impl OpenedJetStreamDelivery {
 pub struct OpeningConsumer {
     inner: VerifyingConsumer,
     opener: Opener,
+    /// Outcomes of the last batch that `next` has not returned yet, in
+    /// delivery order: opened messages, and a pull error that ended it.
+    ready: VecDeque<Result<OpenedJetStreamDelivery, ConsumerError>>,
 }
 
 impl fmt::Debug for OpeningConsumer {
@@ -252,7 +264,7 @@ impl fmt::Debug for OpeningConsumer {
         f.debug_struct("OpeningConsumer")
             .field("inner", &self.inner)
             .field("opener", &self.opener)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -269,12 +281,38 @@ impl OpeningConsumer {
     /// the way. Returns `None` when the pull stream ends.
     pub async fn next(&mut self) -> Option<Result<OpenedJetStreamDelivery, ConsumerError>> {
         loop {
-            let message = match self.inner.messages.next().await? {
+            if let Some(outcome) = self.ready.pop_front() {
+                return Some(outcome);
+            }
+            if self.inner.ended {
+                return None;
+            }
+            let first = match self.inner.messages.next().await? {
                 Ok(message) => message,
                 Err(err) => return Some(Err(err.into())),
             };
-            match self.open(&message).await {
-                Ok(opened) => return Some(Ok(OpenedJetStreamDelivery { message, opened })),
+            let (batch, pull_error) = self.inner.take_fetched(first);
+            self.open_batch(batch).await;
+            self.ready.extend(pull_error.map(|err| Err(err.into())));
+        }
+    }
+
+    /// Opens `batch`, settles the rejected messages and queues the opened
+    /// ones in order.
+    async fn open_batch(&mut self, batch: Vec<jetstream::Message>) {
+        let judge_time_at_storage = self.inner.judge_time_at_storage;
+        let checked = batch
+            .iter()
+            .map(|message| {
+                let expected = expected_delivery(message, judge_time_at_storage)?;
+                Ok((sealed_message_token(&message.message)?, expected))
+            })
+            .collect();
+        let results = self.opener.open_checked(checked).await;
+
+        for (message, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(opened) => self.ready.push_back(Ok(OpenedJetStreamDelivery { message, opened })),
                 Err(rejection) => self.inner.reject(&message, &rejection).await,
             }
         }
@@ -316,10 +354,5 @@ impl OpeningConsumer {
             }
         }
         Ok(())
-    }
-
-    async fn open(&self, message: &jetstream::Message) -> Result<Opened, Rejection> {
-        let expected = expected_delivery(message, self.inner.judge_time_at_storage)?;
-        open_message(&self.opener, &message.message, &expected).await
     }
 }

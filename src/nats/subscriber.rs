@@ -149,30 +149,18 @@ impl VerifyingSubscriber {
                 return Some(message);
             }
             let first = self.subscriber.next().await?;
-            let batch = self.take_arrived(first);
+            let batch = take_arrived(&mut self.subscriber, first);
             self.verify_batch(batch).await;
         }
-    }
-
-    /// Returns `first` and the messages that arrived after it, without
-    /// waiting for more, up to [`MAX_SIGNATURE_BATCH`] in all.
-    fn take_arrived(&mut self, first: Message) -> Vec<Message> {
-        let mut batch = vec![first];
-        while batch.len() < MAX_SIGNATURE_BATCH {
-            match self.subscriber.next().now_or_never() {
-                Some(Some(message)) => batch.push(message),
-                // Nothing more has arrived, or the subscription ended, which
-                // the next call to `next` returns as `None`.
-                Some(None) | None => break,
-            }
-        }
-        batch
     }
 
     /// Verifies `batch`, queues the verified messages in order and
     /// dead-letters the rest.
     async fn verify_batch(&mut self, batch: Vec<Message>) {
-        let checked = batch.iter().map(check_arrived).collect();
+        let checked = batch
+            .iter()
+            .map(|message| check_arrived(message, message_token))
+            .collect();
         let results = verify_checked(&self.verifier, checked).await;
         for (message, result) in batch.into_iter().zip(results) {
             match result {
@@ -200,9 +188,28 @@ impl VerifyingSubscriber {
     }
 }
 
-/// Reads the token of a core NATS message and what it must be bound to:
-/// the subject it arrived on and its payload.
-fn check_arrived(message: &Message) -> Result<(&str, Expected<'_>), Rejection> {
+/// Returns `first` and the messages that arrived after it on `subscriber`,
+/// without waiting for more, up to [`MAX_SIGNATURE_BATCH`] in all.
+pub(super) fn take_arrived(subscriber: &mut Subscriber, first: Message) -> Vec<Message> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_SIGNATURE_BATCH {
+        match subscriber.next().now_or_never() {
+            Some(Some(message)) => batch.push(message),
+            // Nothing more has arrived, or the subscription ended, which
+            // the next call to `next` returns as `None`.
+            Some(None) | None => break,
+        }
+    }
+    batch
+}
+
+/// Reads the token of a core NATS message with `read_token` and what it
+/// must be bound to: the subject it arrived on and its payload. The subject
+/// is checked first.
+pub(super) fn check_arrived<'m>(
+    message: &'m Message,
+    read_token: fn(&'m Message) -> Result<&'m str, Rejection>,
+) -> Result<(&'m str, Expected<'m>), Rejection> {
     let binding = match channel_binding(message.subject.as_str()) {
         Ok(binding) => binding,
         Err(err) => {
@@ -211,7 +218,7 @@ fn check_arrived(message: &Message) -> Result<(&str, Expected<'_>), Rejection> {
             return Err(rejection);
         }
     };
-    let token = message_token(message)?;
+    let token = read_token(message)?;
     Ok((token, Expected::message(binding, &message.payload)))
 }
 

@@ -44,6 +44,7 @@
 //!
 //! See `docs/sealing.md` for what is and is not encrypted and the threat model.
 
+mod batch;
 mod jwe;
 mod kdf;
 mod opener;

@@ -144,27 +144,39 @@ impl Opener {
     /// Verification comes first (size, token, binding, `dig` over the JWE,
     /// policy, replay), then decryption, then the header binding. Rejections
     /// after verification are logged and counted here; the verifier logs
-    /// its own.
+    /// its own. [`open_batch`](Self::open_batch) opens several messages at
+    /// once with the same results.
     pub async fn open(&self, token: &str, expected: &Expected<'_>) -> Result<Opened, Rejection> {
-        let inner = &self.inner;
+        let jwe = self.sealed_payload(expected)?;
+        let verified = self.inner.verifier.verify(token, expected).await?;
+        self.open_verified(verified, jwe)
+    }
+
+    /// Checks that the JWE arrived and is within `max_sealed_bytes`, which
+    /// comes before the token is verified, and returns it.
+    pub(super) fn sealed_payload<'a>(&self, expected: &Expected<'a>) -> Result<&'a [u8], Rejection> {
         let Some(jwe) = expected.payload() else {
             return Err(self.reject(Rejection::new(
                 Reason::Malformed,
                 "a sealed message needs its JWE as the payload",
             )));
         };
-        if jwe.len() > inner.max_sealed_bytes {
+        if jwe.len() > self.inner.max_sealed_bytes {
             return Err(self.reject(Rejection::new(
                 Reason::TooLarge,
                 format!(
                     "sealed message is {} bytes, above the limit of {}",
                     jwe.len(),
-                    inner.max_sealed_bytes
+                    self.inner.max_sealed_bytes
                 ),
             )));
         }
+        Ok(jwe)
+    }
 
-        let verified = inner.verifier.verify(token, expected).await?;
+    /// Finishes opening `jwe` once its token verified: requires `dig`,
+    /// decrypts, checks the header binding, then logs and counts the outcome.
+    pub(super) fn open_verified(&self, verified: Verified, jwe: &[u8]) -> Result<Opened, Rejection> {
         let ids = |rejection: Rejection| {
             rejection.with_ids(
                 Some(&verified.kid),
@@ -182,7 +194,7 @@ impl Opener {
             ))));
         }
 
-        let decrypted = jwe::decrypt(jwe, &inner.keys).map_err(|rejection| self.reject(ids(rejection)))?;
+        let decrypted = jwe::decrypt(jwe, &self.inner.keys).map_err(|rejection| self.reject(ids(rejection)))?;
         check_header_binding(&decrypted.protected, &verified).map_err(|rejection| self.reject(ids(rejection)))?;
 
         metrics::counter!("trustwire_opened_total", "iss" => verified.claims.iss.clone()).increment(1);

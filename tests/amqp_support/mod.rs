@@ -308,6 +308,15 @@ pub async fn publish_raw(
     );
 }
 
+/// Replaces the first character of the signature segment with another
+/// base64url character, so the token still parses but its signature does
+/// not verify.
+pub fn corrupt_signature(token: &str) -> String {
+    let (signing_input, signature) = token.rsplit_once('.').unwrap();
+    let first = if signature.starts_with('A') { "B" } else { "A" };
+    format!("{signing_input}.{first}{}", &signature[1..])
+}
+
 /// Properties with a message id and these headers.
 pub fn properties(message_id: &str, headers: &[(&str, AMQPValue)]) -> BasicProperties {
     let mut table = FieldTable::default();

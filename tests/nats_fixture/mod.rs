@@ -137,6 +137,15 @@ pub(crate) fn header(message: &Message, name: &str) -> Option<String> {
         .map(|value| value.as_str().to_owned())
 }
 
+/// Replaces the first character of the signature segment with another
+/// base64url character, so the token still parses but its signature does
+/// not verify.
+pub(crate) fn corrupt_signature(token: &str) -> String {
+    let (signing_input, signature) = token.rsplit_once('.').unwrap();
+    let first = if signature.starts_with('A') { "B" } else { "A" };
+    format!("{signing_input}.{first}{}", &signature[1..])
+}
+
 /// Waits until the server has processed every operation `client` sent
 /// before this call, SUBs included.
 ///
