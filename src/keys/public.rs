@@ -96,7 +96,7 @@ impl Ed25519Key {
 
 /// The library that checks single Ed25519 signatures in this process:
 /// `"aws-lc-rs"` or `"ed25519-dalek"`. Batch verification always uses
-/// ed25519-dalek.
+/// curve25519-dalek, the curve arithmetic under ed25519-dalek.
 pub fn single_verification_backend() -> &'static str {
     #[cfg(feature = "aws-lc-rs")]
     if !dalek_verifies_faster() {
@@ -324,10 +324,10 @@ impl PublicKey {
     ///
     /// Under a key A + T the owner's signatures leave [k]T in the equation.
     /// `verify_strict` rejects them unless [k]T is the identity, but the
-    /// batch equation multiplies that rest by a factor z of its own and
-    /// is satisfied whenever [z·k]T is the identity. Honest key generation never
-    /// makes such a key, so checking its tokens one at a time costs nothing
-    /// in practice.
+    /// batch equation merges the key's signatures into one term
+    /// [Σ z_i·k_i](A + T) and is satisfied whenever [Σ z_i·k_i]T is the
+    /// identity. Honest key generation never makes such a key, so checking
+    /// its tokens one at a time costs nothing in practice.
     pub(crate) fn batch_ed25519_key(&self) -> Option<&ed25519_dalek::VerifyingKey> {
         match &self.material {
             Material::Ed25519(key) if key.torsion_free => Some(&key.dalek),
