@@ -706,3 +706,71 @@ async fn batch_forgery_dead_lettered_alone() {
         "more than the forged message was dead-lettered"
     );
 }
+
+/// Serves `keys` at the JWKS path on 127.0.0.1, answering each request only
+/// after `delay`. Returns the JWKS URL.
+async fn slow_jwks_server(keys: &trustwire::jwks::JwkSet, delay: Duration) -> String {
+    let body = keys.to_json();
+    let router = axum::Router::new().route(
+        trustwire::jwks::JWKS_PATH,
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                ([(http::header::CONTENT_TYPE, "application/json")], body)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    format!("http://{addr}{}", trustwire::jwks::JWKS_PATH)
+}
+
+/// A `next` dropped while it waits for the issuer's JWKS (the `select!`
+/// case) loses none of the messages it took: the next calls return them.
+#[tokio::test]
+async fn next_dropped_mid_batch_loses_nothing() {
+    let orders = service("orders");
+    let url = slow_jwks_server(&orders.key_set, Duration::from_millis(300)).await;
+    let remote = trustwire::jwks::RemoteJwks::builder(url).build().unwrap();
+    let trust = trustwire::jwks::TrustStore::new().trust(orders.id.clone(), trustwire::jwks::KeySource::Remote(remote));
+    let verifier = trustwire::Verifier::builder(ServiceId::new("payments").unwrap(), trust)
+        .build()
+        .unwrap();
+
+    let client = connect().await;
+    let names = names();
+    let mut subscriber = VerifyingSubscriber::builder(client.clone(), verifier)
+        .dead_letter(DeadLetter::subject(&names.dead_letter))
+        .subscribe(names.subject.clone())
+        .await
+        .unwrap();
+    let publisher = SignedPublisher::new(
+        client.clone(),
+        orders.signer.clone(),
+        ServiceId::new("payments").unwrap(),
+    );
+    for index in 0..3 {
+        publisher
+            .publish(names.subject.clone(), Bytes::from(format!("{index}")))
+            .await
+            .unwrap();
+    }
+    // The echo comes back after the three messages reached the subscription.
+    round_trip(&client).await;
+
+    // This call takes the three messages and waits for the JWKS.
+    let dropped = tokio::time::timeout(Duration::from_millis(50), subscriber.next()).await;
+    assert!(dropped.is_err(), "a message verified before the JWKS answered");
+
+    for index in 0..3 {
+        let message = tokio::time::timeout(WAIT, subscriber.next())
+            .await
+            .expect("a message taken by the dropped call was lost")
+            .expect("the subscription ended");
+        assert_eq!(message.payload().as_ref(), format!("{index}").as_bytes());
+    }
+}

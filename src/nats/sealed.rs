@@ -14,12 +14,11 @@ use async_nats::subject::ToSubject;
 use async_nats::{Client, HeaderMap, HeaderName, HeaderValue, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::task::JoinHandle;
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
-use super::headers::{
-    HeadersTooLarge, InvalidHeader, ORIGINAL_SUBJECT_HEADER, channel_binding, read_token, with_token,
-};
-use super::subscriber::{check_arrived, take_arrived};
+use super::headers::{HeadersTooLarge, InvalidHeader, channel_binding, read_token, with_token};
+use super::subscriber::{check_arrived, dead_letter, queue_batch, start_batch, take_arrived};
 use crate::envelope::{Claims, InvalidBinding, Reason, Rejection};
 use crate::identity::Audience;
 use crate::seal::{Opened, Opener, RecipientDirectory, SealError, Sealer};
@@ -341,6 +340,7 @@ impl OpeningSubscriberBuilder {
             opener: self.opener,
             sink: DeadLetterSink::new(self.client, self.dead_letter),
             ready: VecDeque::new(),
+            pending: None,
         }
     }
 }
@@ -379,6 +379,8 @@ pub struct OpeningSubscriber {
     /// Opened messages of the last batch that `next` has not returned yet,
     /// in arrival order.
     ready: VecDeque<OpenedMessage>,
+    /// The batch still being opened in a task of its own, if any.
+    pending: Option<JoinHandle<Vec<OpenedMessage>>>,
 }
 
 impl OpeningSubscriber {
@@ -393,30 +395,25 @@ impl OpeningSubscriber {
 
     /// Waits for the next message that opens. Returns `None` once the
     /// subscription has ended (unsubscribed or the client was dropped).
+    ///
+    /// Cancel-safe: the future may be dropped at any point, in a `select!`
+    /// say, and the messages it took from the subscription are still
+    /// opened and returned by the next call.
     pub async fn next(&mut self) -> Option<OpenedMessage> {
         loop {
             if let Some(message) = self.ready.pop_front() {
                 return Some(message);
             }
+            if let Some(task) = self.pending.as_mut() {
+                let outcome = task.await;
+                self.pending = None;
+                queue_batch(outcome, &mut self.ready);
+                continue;
+            }
             let first = self.subscriber.next().await?;
             let batch = take_arrived(&mut self.subscriber, first);
-            self.open_batch(batch).await;
-        }
-    }
-
-    /// Opens `batch`, queues the opened messages in order and dead-letters
-    /// the rest.
-    async fn open_batch(&mut self, batch: Vec<Message>) {
-        let checked = batch
-            .iter()
-            .map(|message| check_arrived(message, sealed_message_token))
-            .collect();
-        let results = self.opener.open_checked(checked).await;
-        for (message, result) in batch.into_iter().zip(results) {
-            match result {
-                Ok(opened) => self.ready.push_back(OpenedMessage::new(message, opened)),
-                Err(rejection) => self.dead_letter(&message, &rejection).await,
-            }
+            let work = open_batch(self.opener.clone(), self.sink.clone(), batch);
+            self.pending = start_batch(work, &mut self.ready);
         }
     }
 
@@ -425,17 +422,24 @@ impl OpeningSubscriber {
     pub async fn unsubscribe(&mut self) -> Result<(), async_nats::UnsubscribeError> {
         self.subscriber.unsubscribe().await
     }
+}
 
-    async fn dead_letter(&self, message: &Message, rejection: &Rejection) {
-        // A subscription that covers the dead-letter subject receives its own
-        // copies; copying them again would loop forever.
-        if message.subject.as_str() == self.sink.subject() {
-            tracing::debug!(reason = rejection.code(), subject = %message.subject, "rejected message on the dead-letter subject is not copied again");
-            return;
+/// Opens `batch`, dead-letters the rejected messages and returns the opened
+/// ones in order.
+async fn open_batch(opener: Opener, sink: DeadLetterSink, batch: Vec<Message>) -> Vec<OpenedMessage> {
+    let checked = batch
+        .iter()
+        .map(|message| check_arrived(message, sealed_message_token))
+        .collect();
+    let results = opener.open_checked(checked).await;
+    let mut opened_messages = Vec::with_capacity(batch.len());
+    for (message, result) in batch.into_iter().zip(results) {
+        match result {
+            Ok(opened) => opened_messages.push(OpenedMessage::new(message, opened)),
+            Err(rejection) => dead_letter(&sink, &message, &rejection).await,
         }
-        let origin = [(ORIGINAL_SUBJECT_HEADER, message.subject.to_string())];
-        self.sink.send(message, rejection, &origin).await;
     }
+    opened_messages
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! The verifying subscriber for core NATS.
 
 use std::collections::VecDeque;
+use std::future::Future;
 
 use async_nats::subject::ToSubject;
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
+use tokio::task::{JoinError, JoinHandle};
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
 use super::headers::{ORIGINAL_SUBJECT_HEADER, channel_binding};
@@ -94,6 +96,7 @@ impl SubscriberBuilder {
             verifier: self.verifier,
             sink: DeadLetterSink::new(self.client, self.dead_letter),
             ready: VecDeque::new(),
+            pending: None,
         }
     }
 }
@@ -129,6 +132,8 @@ pub struct VerifyingSubscriber {
     /// Verified messages of the last batch that `next` has not returned
     /// yet, in arrival order.
     ready: VecDeque<VerifiedMessage>,
+    /// The batch still being verified in a task of its own, if any.
+    pending: Option<JoinHandle<Vec<VerifiedMessage>>>,
 }
 
 impl VerifyingSubscriber {
@@ -143,30 +148,25 @@ impl VerifyingSubscriber {
 
     /// Waits for the next verified message. Returns `None` once the
     /// subscription has ended (unsubscribed or the client was dropped).
+    ///
+    /// Cancel-safe: the future may be dropped at any point, in a `select!`
+    /// say, and the messages it took from the subscription are still
+    /// verified and returned by the next call.
     pub async fn next(&mut self) -> Option<VerifiedMessage> {
         loop {
             if let Some(message) = self.ready.pop_front() {
                 return Some(message);
             }
+            if let Some(task) = self.pending.as_mut() {
+                let outcome = task.await;
+                self.pending = None;
+                queue_batch(outcome, &mut self.ready);
+                continue;
+            }
             let first = self.subscriber.next().await?;
             let batch = take_arrived(&mut self.subscriber, first);
-            self.verify_batch(batch).await;
-        }
-    }
-
-    /// Verifies `batch`, queues the verified messages in order and
-    /// dead-letters the rest.
-    async fn verify_batch(&mut self, batch: Vec<Message>) {
-        let checked = batch
-            .iter()
-            .map(|message| check_arrived(message, message_token))
-            .collect();
-        let results = verify_checked(&self.verifier, checked).await;
-        for (message, result) in batch.into_iter().zip(results) {
-            match result {
-                Ok(verified) => self.ready.push_back(VerifiedMessage::new(message, verified)),
-                Err(rejection) => self.dead_letter(&message, &rejection).await,
-            }
+            let work = verify_batch(self.verifier.clone(), self.sink.clone(), batch);
+            self.pending = start_batch(work, &mut self.ready);
         }
     }
 
@@ -175,17 +175,67 @@ impl VerifyingSubscriber {
     pub async fn unsubscribe(&mut self) -> Result<(), async_nats::UnsubscribeError> {
         self.subscriber.unsubscribe().await
     }
+}
 
-    async fn dead_letter(&self, message: &Message, rejection: &Rejection) {
-        // A subscription that covers the dead-letter subject receives its own
-        // copies; copying them again would loop forever.
-        if message.subject.as_str() == self.sink.subject() {
-            tracing::debug!(reason = rejection.code(), subject = %message.subject, "rejected message on the dead-letter subject is not copied again");
-            return;
+/// Verifies `batch`, dead-letters the rejected messages and returns the
+/// verified ones in order.
+async fn verify_batch(verifier: Verifier, sink: DeadLetterSink, batch: Vec<Message>) -> Vec<VerifiedMessage> {
+    let checked = batch
+        .iter()
+        .map(|message| check_arrived(message, message_token))
+        .collect();
+    let results = verify_checked(&verifier, checked).await;
+    let mut verified_messages = Vec::with_capacity(batch.len());
+    for (message, result) in batch.into_iter().zip(results) {
+        match result {
+            Ok(verified) => verified_messages.push(VerifiedMessage::new(message, verified)),
+            Err(rejection) => dead_letter(&sink, &message, &rejection).await,
         }
-        let origin = [(ORIGINAL_SUBJECT_HEADER, message.subject.to_string())];
-        self.sink.send(message, rejection, &origin).await;
     }
+    verified_messages
+}
+
+/// Runs `work`, the checks of one batch, and queues its results on `ready`.
+/// Work that cannot finish at once (a JWKS fetch, a dead-letter publish
+/// that waits) goes on in a task of its own, returned for the caller to
+/// keep. A caller whose `next` is dropped then loses no message: its next
+/// call awaits the task.
+pub(super) fn start_batch<T, F>(work: F, ready: &mut VecDeque<T>) -> Option<JoinHandle<Vec<T>>>
+where
+    T: Send + 'static,
+    F: Future<Output = Vec<T>> + Send + 'static,
+{
+    let mut work = Box::pin(work);
+    match (&mut work).now_or_never() {
+        Some(results) => {
+            ready.extend(results);
+            None
+        }
+        None => Some(tokio::spawn(work)),
+    }
+}
+
+/// Queues the results of a batch task on `ready`. A task that panicked
+/// has lost its messages, which is logged.
+pub(super) fn queue_batch<T>(outcome: Result<Vec<T>, JoinError>, ready: &mut VecDeque<T>) {
+    match outcome {
+        Ok(results) => ready.extend(results),
+        Err(error) => {
+            tracing::error!(%error, "the task checking a batch of NATS messages failed; its messages are lost");
+        }
+    }
+}
+
+/// Copies a rejected message to the dead-letter subject of `sink`.
+pub(super) async fn dead_letter(sink: &DeadLetterSink, message: &Message, rejection: &Rejection) {
+    // A subscription that covers the dead-letter subject receives its own
+    // copies; copying them again would loop forever.
+    if message.subject.as_str() == sink.subject() {
+        tracing::debug!(reason = rejection.code(), subject = %message.subject, "rejected message on the dead-letter subject is not copied again");
+        return;
+    }
+    let origin = [(ORIGINAL_SUBJECT_HEADER, message.subject.to_string())];
+    sink.send(message, rejection, &origin).await;
 }
 
 /// Returns `first` and the messages that arrived after it on `subscriber`,
