@@ -774,3 +774,32 @@ async fn next_dropped_mid_batch_loses_nothing() {
         assert_eq!(message.payload().as_ref(), format!("{index}").as_bytes());
     }
 }
+
+/// A message published on another connection right after `subscribe`
+/// returns reaches the subscription: subscribing waits for the server.
+/// Without that wait the publish can overtake the SUB, which this loop
+/// catches in some runs, not every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_returns_after_server_registers() {
+    let orders = service("orders");
+    let subscribing = connect().await;
+    let publishing = connect().await;
+    let publisher = SignedPublisher::new(publishing, orders.signer.clone(), ServiceId::new("payments").unwrap());
+    for round in 0..50 {
+        let names = names();
+        let mut subscriber = VerifyingSubscriber::builder(subscribing.clone(), verifier("payments", &[&orders]))
+            .dead_letter(DeadLetter::subject(&names.dead_letter))
+            .subscribe(names.subject.clone())
+            .await
+            .unwrap();
+        publisher
+            .publish(names.subject.clone(), Bytes::from_static(b"first"))
+            .await
+            .unwrap();
+        let message = tokio::time::timeout(WAIT, subscriber.next())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the message published right after subscribe was lost"))
+            .expect("the subscription ended");
+        assert_eq!(message.payload().as_ref(), b"first");
+    }
+}

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
 use super::headers::{HeadersTooLarge, InvalidHeader, channel_binding, read_token, with_token};
-use super::subscriber::{check_arrived, dead_letter, queue_batch, start_batch, take_arrived};
+use super::subscriber::{check_arrived, confirm_subscription, dead_letter, queue_batch, start_batch, take_arrived};
 use crate::envelope::{Claims, InvalidBinding, Reason, Rejection};
 use crate::identity::Audience;
 use crate::seal::{Opened, Opener, RecipientDirectory, SealError, Sealer};
@@ -316,20 +316,25 @@ impl OpeningSubscriberBuilder {
         self
     }
 
-    /// Subscribes to `subject`.
+    /// Subscribes to `subject`. Returns once the server has registered the
+    /// subscription (one round trip), so a message published after that, on
+    /// any connection, reaches it.
     pub async fn subscribe<S: ToSubject>(self, subject: S) -> Result<OpeningSubscriber, async_nats::SubscribeError> {
         let subscriber = self.client.subscribe(subject).await?;
+        confirm_subscription(&self.client).await;
         Ok(self.finish(subscriber))
     }
 
     /// Subscribes to `subject` in queue group `group`: each message goes to
-    /// one member of the group.
+    /// one member of the group. Returns once the server has registered the
+    /// subscription.
     pub async fn queue_subscribe<S: ToSubject>(
         self,
         subject: S,
         group: impl Into<String>,
     ) -> Result<OpeningSubscriber, async_nats::SubscribeError> {
         let subscriber = self.client.queue_subscribe(subject, group.into()).await?;
+        confirm_subscription(&self.client).await;
         Ok(self.finish(subscriber))
     }
 

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::time::Duration;
 
 use async_nats::subject::ToSubject;
 use async_nats::{Client, Message, Subscriber};
@@ -72,20 +73,24 @@ impl SubscriberBuilder {
         self
     }
 
-    /// Subscribes to `subject`.
+    /// Subscribes to `subject`. Returns once the server has registered the
+    /// subscription (see [`VerifyingSubscriber`]).
     pub async fn subscribe<S: ToSubject>(self, subject: S) -> Result<VerifyingSubscriber, async_nats::SubscribeError> {
         let subscriber = self.client.subscribe(subject).await?;
+        confirm_subscription(&self.client).await;
         Ok(self.finish(subscriber))
     }
 
     /// Subscribes to `subject` in queue group `group`: each message goes to
-    /// one member of the group.
+    /// one member of the group. Returns once the server has registered the
+    /// subscription.
     pub async fn queue_subscribe<S: ToSubject>(
         self,
         subject: S,
         group: impl Into<String>,
     ) -> Result<VerifyingSubscriber, async_nats::SubscribeError> {
         let subscriber = self.client.queue_subscribe(subject, group.into()).await?;
+        confirm_subscription(&self.client).await;
         Ok(self.finish(subscriber))
     }
 
@@ -109,6 +114,10 @@ impl SubscriberBuilder {
 /// them are verified together with [`Verifier::verify_batch`], which gives
 /// each the result that verifying it alone would. The subscriber never waits
 /// for more messages to fill a batch.
+///
+/// Subscribing returns once the server has registered the subscription
+/// (one round trip), so a message published after that, on any connection,
+/// reaches it. async-nats' own `subscribe` returns earlier.
 ///
 /// ```no_run
 /// use trustwire::nats::{DeadLetter, VerifyingSubscriber};
@@ -236,6 +245,43 @@ pub(super) async fn dead_letter(sink: &DeadLetterSink, message: &Message, reject
     }
     let origin = [(ORIGINAL_SUBJECT_HEADER, message.subject.to_string())];
     sink.send(message, rejection, &origin).await;
+}
+
+/// How long subscribing waits for the server to confirm the subscription.
+const CONFIRM_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until the server has processed everything `client` sent before,
+/// a new subscription included: sends an empty message to a fresh inbox
+/// and waits for it to come back. async-nats' `subscribe` and `flush`
+/// return once the SUB is written to the socket, so without this a message
+/// published from another connection right afterwards can reach the server
+/// first and miss the subscription.
+///
+/// Logs a warning and returns after [`CONFIRM_WAIT`] without the echo (the
+/// server is unreachable, or this user may not use inboxes); the
+/// subscription itself stands either way.
+pub(super) async fn confirm_subscription(client: &Client) {
+    let inbox = client.new_inbox();
+    let echo = async {
+        let mut echo = client.subscribe(inbox.clone()).await?;
+        client.publish(inbox, Bytes::new()).await?;
+        client.flush().await?;
+        echo.next().await;
+        echo.unsubscribe().await?;
+        Ok::<(), async_nats::Error>(())
+    };
+    match tokio::time::timeout(CONFIRM_WAIT, echo).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "could not confirm a new subscription with the NATS server; messages published right after it may miss it");
+        }
+        Err(_) => {
+            tracing::warn!(
+                wait_s = CONFIRM_WAIT.as_secs(),
+                "the NATS server did not confirm a new subscription in time; messages published right after it may miss it"
+            );
+        }
+    }
 }
 
 /// Returns `first` and the messages that arrived after it on `subscriber`,
