@@ -707,8 +707,8 @@ async fn batch_forgery_dead_lettered_alone() {
     );
 }
 
-/// Serves `keys` at the JWKS path on 127.0.0.1, answering each request only
-/// after `delay`. Returns the JWKS URL.
+/// Serves `keys` at the JWKS path on 127.0.0.1 and delays each response by
+/// `delay`. Returns the JWKS URL.
 async fn slow_jwks_server(keys: &trustwire::jwks::JwkSet, delay: Duration) -> String {
     let body = keys.to_json();
     let router = axum::Router::new().route(

@@ -420,10 +420,10 @@ impl VerifyingConsumer {
     /// Waits for the next verified message; rejected ones are handled on the
     /// way. Returns `None` when the pull stream ends.
     ///
-    /// NOTE: not cancel-safe. If the future is dropped (in a `select!`, say)
-    /// while it checks a batch, the messages of that batch it has not yet
-    /// settled or queued are neither acked nor returned; the server
-    /// redelivers them after the consumer's `ack_wait`.
+    /// NOTE: not cancel-safe. If the future is dropped while it checks a
+    /// batch (in a `select!`, for example), the messages of that batch it
+    /// has not settled or queued yet are neither acked nor returned. The
+    /// server redelivers them after the consumer's `ack_wait`.
     pub async fn next(&mut self) -> Option<Result<JetStreamDelivery, ConsumerError>> {
         loop {
             if let Some(outcome) = self.ready.pop_front() {

@@ -401,8 +401,8 @@ impl OpeningSubscriber {
     /// Waits for the next message that opens. Returns `None` once the
     /// subscription has ended (unsubscribed or the client was dropped).
     ///
-    /// Cancel-safe: the future may be dropped at any point, in a `select!`
-    /// say, and the messages it took from the subscription are still
+    /// Cancel-safe: if the future is dropped at any point (in a `select!`,
+    /// for example), the messages it took from the subscription are still
     /// opened and returned by the next call.
     pub async fn next(&mut self) -> Option<OpenedMessage> {
         loop {

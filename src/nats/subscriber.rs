@@ -158,8 +158,8 @@ impl VerifyingSubscriber {
     /// Waits for the next verified message. Returns `None` once the
     /// subscription has ended (unsubscribed or the client was dropped).
     ///
-    /// Cancel-safe: the future may be dropped at any point, in a `select!`
-    /// say, and the messages it took from the subscription are still
+    /// Cancel-safe: if the future is dropped at any point (in a `select!`,
+    /// for example), the messages it took from the subscription are still
     /// verified and returned by the next call.
     pub async fn next(&mut self) -> Option<VerifiedMessage> {
         loop {
@@ -257,9 +257,9 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(5);
 /// published from another connection right afterwards can reach the server
 /// first and miss the subscription.
 ///
-/// Logs a warning and returns after [`CONFIRM_WAIT`] without the echo (the
-/// server is unreachable, or this user may not use inboxes); the
-/// subscription itself stands either way.
+/// Logs a warning and returns after [`CONFIRM_WAIT`] without the echo, when
+/// the server is unreachable or this user may not use inboxes. The
+/// subscription itself remains in both cases.
 pub(super) async fn confirm_subscription(client: &Client) {
     let inbox = client.new_inbox();
     let echo = async {
