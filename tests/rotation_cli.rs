@@ -396,3 +396,85 @@ fn revoke_removes_key_from_served_set() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("has no key \"-nope\""), "{}", stderr(&output));
 }
+
+/// Returns whether process `pid` has the file at `path` open.
+#[cfg(target_os = "linux")]
+fn has_open(pid: u32, path: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .any(|entry| std::fs::read_link(entry.path()).is_ok_and(|target| target == path))
+}
+
+/// Returns the state letter of process `pid` from /proc (`T` once stopped).
+#[cfg(target_os = "linux")]
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.trim_start().chars().next()
+}
+
+#[cfg(target_os = "linux")]
+fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Polls `condition` every 10 ms for up to 10 s.
+#[cfg(target_os = "linux")]
+#[track_caller]
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `keys rotate` that read the directory and then waited for another
+/// writer reports the key that its rotation retires, not the key that was
+/// active when it read the directory. The test holds the write lock until
+/// the child has read `keys.json`, stops the child, revokes the active key
+/// and lets the child go on.
+#[cfg(target_os = "linux")]
+#[test]
+fn rotate_after_wait_reports_retiring_key() {
+    let (_tmp, dir) = key_dir();
+    let first = keygen(&dir);
+    let lock_path = std::fs::canonicalize(dir.join(".lock")).unwrap();
+
+    let lock = std::fs::OpenOptions::new().write(true).open(&lock_path).unwrap();
+    lock.lock().unwrap();
+    let child = std::process::Command::new(BIN)
+        .args(["keys", "rotate", "--dir", &dir_arg(&dir)])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // The child opens the lock file only after it has read keys.json.
+    wait_until("rotate opens the lock file", || has_open(pid, &lock_path));
+    send_signal(pid, "STOP");
+    wait_until("rotate is stopped", || process_state(pid) == Some('T'));
+    drop(lock);
+
+    let revocation = trustwire::KeyDir::open(&dir).unwrap().revoke(&first).unwrap();
+    let replacement = revocation.replacement.unwrap();
+    send_signal(pid, "CONT");
+    let output = child.wait_with_output().unwrap();
+
+    assert_success(&output);
+    let report = stdout(&output);
+    assert!(report.contains(&format!("retiring key: {replacement}\n")), "{report}");
+    let states = signing_states(&dir);
+    assert_eq!(states.len(), 3, "{states:?}");
+    assert_eq!(states[0], (first, "revoked".to_owned()));
+    assert_eq!(states[1], (replacement, "active".to_owned()));
+    assert_eq!(states[2].1, "next");
+}
