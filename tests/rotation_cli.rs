@@ -478,3 +478,111 @@ fn rotate_after_wait_reports_retiring_key() {
     assert_eq!(states[1], (replacement, "active".to_owned()));
     assert_eq!(states[2].1, "next");
 }
+
+/// Three `trustwire keys` processes change one directory at once (revoke
+/// the encryption key, revoke the retired signing key, rotate) while
+/// others list it. Each change succeeds in any order, so every one of them
+/// must be in `keys.json` afterwards, and no reader may fail on a key file
+/// that a writer deleted under it.
+#[test]
+fn concurrent_keys_commands_keep_every_change() {
+    let (_tmp, dir) = key_dir();
+    let first = keygen(&dir);
+    let output = trustwire([
+        "keys",
+        "rotate",
+        "--dir",
+        &dir_arg(&dir),
+        "--pre-publish",
+        "0",
+        "--max-cache-age",
+        "0",
+        "--retain",
+        "3600",
+    ]);
+    assert_success(&output);
+    let second = stdout(&output)
+        .lines()
+        .find_map(|line| line.strip_prefix("next key: "))
+        .unwrap()
+        .to_owned();
+    sleep_until_unix(time_of(&dir, &second, "activate_at"));
+    assert_success(&trustwire(["keys", "advance", "--dir", &dir_arg(&dir)]));
+    let output = trustwire(["keys", "list", "--json", "--dir", &dir_arg(&dir)]);
+    let rows: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let encryption = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["use"] == "enc")
+        .map(|row| row["kid"].as_str().unwrap().to_owned())
+        .unwrap();
+
+    let dir_text = dir_arg(&dir);
+    let commands: Vec<Vec<String>> = vec![
+        vec![
+            "keys".into(),
+            "revoke".into(),
+            "--dir".into(),
+            dir_text.clone(),
+            encryption.clone(),
+        ],
+        vec![
+            "keys".into(),
+            "revoke".into(),
+            "--dir".into(),
+            dir_text.clone(),
+            first.clone(),
+        ],
+        vec!["keys".into(), "rotate".into(), "--dir".into(), dir_text.clone()],
+    ];
+    let writers: Vec<thread::JoinHandle<Output>> = commands
+        .into_iter()
+        .map(|args| thread::spawn(move || trustwire(args)))
+        .collect();
+    let readers: Vec<thread::JoinHandle<Vec<Output>>> = (0..3)
+        .map(|_| {
+            let dir_text = dir_text.clone();
+            thread::spawn(move || {
+                (0..10)
+                    .map(|_| trustwire(["keys", "list", "--json", "--dir", &dir_text]))
+                    .collect()
+            })
+        })
+        .collect();
+    let outputs: Vec<Output> = writers.into_iter().map(|writer| writer.join().unwrap()).collect();
+    for output in &outputs {
+        assert_success(output);
+    }
+    for reader in readers {
+        for output in reader.join().unwrap() {
+            assert_success(&output);
+        }
+    }
+
+    let new_encryption = stdout(&outputs[0])
+        .lines()
+        .find_map(|line| line.strip_prefix("active key now: "))
+        .unwrap()
+        .to_owned();
+    let third = stdout(&outputs[2])
+        .lines()
+        .find_map(|line| line.strip_prefix("next key: "))
+        .unwrap()
+        .to_owned();
+    let output = trustwire(["keys", "list", "--json", "--dir", &dir_arg(&dir)]);
+    assert_success(&output);
+    let rows: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let states: std::collections::BTreeMap<&str, &str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["kid"].as_str().unwrap(), row["stored_state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states.len(), 5, "{states:?}");
+    assert_eq!(states[first.as_str()], "revoked");
+    assert_eq!(states[second.as_str()], "active");
+    assert_eq!(states[third.as_str()], "next");
+    assert_eq!(states[encryption.as_str()], "revoked");
+    assert_eq!(states[new_encryption.as_str()], "active");
+}
