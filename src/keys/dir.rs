@@ -107,7 +107,6 @@ impl KeyDir {
             source,
         };
         fs::create_dir_all(dir).map_err(io)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
 
         let _lock = WriteLock::acquire(dir)?;
         if dir.join(MANIFEST).exists() {
@@ -118,6 +117,9 @@ impl KeyDir {
                 ),
             });
         }
+        // Only after the check, so that a failed create leaves the mode of
+        // an existing key directory as its operator set it.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
 
         let key = SigningKey::generate()?;
         let encryption_key = EncryptionKey::generate()?;
@@ -736,6 +738,21 @@ mod tests {
         KeyDir::create(tmp.path(), ServiceId::new("orders").unwrap()).unwrap();
         let err = KeyDir::create(tmp.path(), ServiceId::new("orders").unwrap()).unwrap_err();
         assert!(matches!(err, KeyError::InvalidKeyDir { .. }));
+    }
+
+    /// A failed `create` leaves an existing key directory as it was: an
+    /// operator may have opened it to the user that serves `jwks.json`.
+    #[test]
+    fn create_keeps_existing_dir_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        KeyDir::create(&dir, ServiceId::new("orders").unwrap()).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let err = KeyDir::create(&dir, ServiceId::new("orders").unwrap()).unwrap_err();
+        assert!(err.to_string().contains("it already contains keys.json"), "{err}");
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "mode {mode:o}");
     }
 
     #[test]
