@@ -396,3 +396,193 @@ fn revoke_removes_key_from_served_set() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("has no key \"-nope\""), "{}", stderr(&output));
 }
+
+/// Returns whether process `pid` has the file at `path` open.
+#[cfg(target_os = "linux")]
+fn has_open(pid: u32, path: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .any(|entry| std::fs::read_link(entry.path()).is_ok_and(|target| target == path))
+}
+
+/// Returns the state letter of process `pid` from /proc (`T` once stopped).
+#[cfg(target_os = "linux")]
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.trim_start().chars().next()
+}
+
+#[cfg(target_os = "linux")]
+fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Polls `condition` every 10 ms for up to 10 s.
+#[cfg(target_os = "linux")]
+#[track_caller]
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `keys rotate` that read the directory and then waited for another
+/// writer reports the key that its rotation retires, not the key that was
+/// active when it read the directory. The test holds the write lock until
+/// the child has read `keys.json`, stops the child, revokes the active key
+/// and lets the child go on.
+#[cfg(target_os = "linux")]
+#[test]
+fn rotate_after_wait_reports_retiring_key() {
+    let (_tmp, dir) = key_dir();
+    let first = keygen(&dir);
+    let lock_path = std::fs::canonicalize(dir.join(".lock")).unwrap();
+
+    let lock = std::fs::OpenOptions::new().write(true).open(&lock_path).unwrap();
+    lock.lock().unwrap();
+    let child = std::process::Command::new(BIN)
+        .args(["keys", "rotate", "--dir", &dir_arg(&dir)])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // The child opens the lock file only after it has read keys.json.
+    wait_until("rotate opens the lock file", || has_open(pid, &lock_path));
+    send_signal(pid, "STOP");
+    wait_until("rotate is stopped", || process_state(pid) == Some('T'));
+    drop(lock);
+
+    let revocation = trustwire::KeyDir::open(&dir).unwrap().revoke(&first).unwrap();
+    let replacement = revocation.replacement.unwrap();
+    send_signal(pid, "CONT");
+    let output = child.wait_with_output().unwrap();
+
+    assert_success(&output);
+    let report = stdout(&output);
+    assert!(report.contains(&format!("retiring key: {replacement}\n")), "{report}");
+    let states = signing_states(&dir);
+    assert_eq!(states.len(), 3, "{states:?}");
+    assert_eq!(states[0], (first, "revoked".to_owned()));
+    assert_eq!(states[1], (replacement, "active".to_owned()));
+    assert_eq!(states[2].1, "next");
+}
+
+/// Three `trustwire keys` processes change one directory at once (revoke
+/// the encryption key, revoke the retired signing key, rotate) while
+/// others list it. Each change succeeds in any order, so every one of them
+/// must be in `keys.json` afterwards, and no reader may fail on a key file
+/// that a writer deleted under it.
+#[test]
+fn concurrent_keys_commands_keep_every_change() {
+    let (_tmp, dir) = key_dir();
+    let first = keygen(&dir);
+    let output = trustwire([
+        "keys",
+        "rotate",
+        "--dir",
+        &dir_arg(&dir),
+        "--pre-publish",
+        "0",
+        "--max-cache-age",
+        "0",
+        "--retain",
+        "3600",
+    ]);
+    assert_success(&output);
+    let second = stdout(&output)
+        .lines()
+        .find_map(|line| line.strip_prefix("next key: "))
+        .unwrap()
+        .to_owned();
+    sleep_until_unix(time_of(&dir, &second, "activate_at"));
+    assert_success(&trustwire(["keys", "advance", "--dir", &dir_arg(&dir)]));
+    let output = trustwire(["keys", "list", "--json", "--dir", &dir_arg(&dir)]);
+    let rows: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let encryption = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["use"] == "enc")
+        .map(|row| row["kid"].as_str().unwrap().to_owned())
+        .unwrap();
+
+    let dir_text = dir_arg(&dir);
+    let commands: Vec<Vec<String>> = vec![
+        vec![
+            "keys".into(),
+            "revoke".into(),
+            "--dir".into(),
+            dir_text.clone(),
+            encryption.clone(),
+        ],
+        vec![
+            "keys".into(),
+            "revoke".into(),
+            "--dir".into(),
+            dir_text.clone(),
+            first.clone(),
+        ],
+        vec!["keys".into(), "rotate".into(), "--dir".into(), dir_text.clone()],
+    ];
+    let writers: Vec<thread::JoinHandle<Output>> = commands
+        .into_iter()
+        .map(|args| thread::spawn(move || trustwire(args)))
+        .collect();
+    let readers: Vec<thread::JoinHandle<Vec<Output>>> = (0..3)
+        .map(|_| {
+            let dir_text = dir_text.clone();
+            thread::spawn(move || {
+                (0..10)
+                    .map(|_| trustwire(["keys", "list", "--json", "--dir", &dir_text]))
+                    .collect()
+            })
+        })
+        .collect();
+    let outputs: Vec<Output> = writers.into_iter().map(|writer| writer.join().unwrap()).collect();
+    for output in &outputs {
+        assert_success(output);
+    }
+    for reader in readers {
+        for output in reader.join().unwrap() {
+            assert_success(&output);
+        }
+    }
+
+    let new_encryption = stdout(&outputs[0])
+        .lines()
+        .find_map(|line| line.strip_prefix("active key now: "))
+        .unwrap()
+        .to_owned();
+    let third = stdout(&outputs[2])
+        .lines()
+        .find_map(|line| line.strip_prefix("next key: "))
+        .unwrap()
+        .to_owned();
+    let output = trustwire(["keys", "list", "--json", "--dir", &dir_arg(&dir)]);
+    assert_success(&output);
+    let rows: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let states: std::collections::BTreeMap<&str, &str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["kid"].as_str().unwrap(), row["stored_state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states.len(), 5, "{states:?}");
+    assert_eq!(states[first.as_str()], "revoked");
+    assert_eq!(states[second.as_str()], "active");
+    assert_eq!(states[third.as_str()], "next");
+    assert_eq!(states[encryption.as_str()], "revoked");
+    assert_eq!(states[new_encryption.as_str()], "active");
+}

@@ -782,3 +782,109 @@ async fn jetstream_batch_forgery_terminated_alone() {
     assert_eq!(info.num_redelivered, 0);
     setup.cleanup().await;
 }
+
+/// Copies of sealed messages stored under other stream sequences and pulled
+/// in one batch. Each copy after the first is `replayed`, also when the
+/// first one verified but did not decrypt. No copy passes for a redelivery
+/// of the first.
+#[tokio::test]
+async fn jetstream_batch_copies_replayed_in_order() {
+    let orders = service("orders");
+    let payments = Receiver::new("payments");
+    let mut setup = jetstream_setup().await;
+    let client = setup.context.client();
+    let mut dead = client.subscribe(setup.dead_letter.clone()).await.unwrap();
+    let sealer = Sealer::new(orders.signer.clone());
+    let channel = channel_binding(&setup.subject).unwrap();
+    let seal = |payload: &[u8]| sealer.seal(&[payments.recipient()], channel.clone(), payload).unwrap();
+    let sealed_headers = |token: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(TOKEN_HEADER, token);
+        headers.insert(SEALED_HEADER, "1");
+        headers
+    };
+
+    let first = seal(b"first");
+    let second = seal(b"second");
+    let third = seal(b"third");
+    // Signed by orders over a changed ciphertext, with the jti of `second`:
+    // its token verifies, and then it does not decrypt.
+    let broken_jwe = tamper_ciphertext(&second.jwe);
+    let broken_token = orders
+        .signer
+        .token(id("payments"))
+        .binding(channel.clone())
+        .payload(&broken_jwe)
+        .jti(&second.jti)
+        .sign()
+        .unwrap();
+    let stored = [
+        (sealed_headers(&first.token), first.jwe.clone()),
+        (sealed_headers(&first.token), first.jwe.clone()),
+        (sealed_headers(&broken_token), broken_jwe),
+        (sealed_headers(&second.token), second.jwe.clone()),
+        (sealed_headers(&third.token), third.jwe.clone()),
+    ];
+    for (headers, jwe) in stored {
+        setup
+            .context
+            .publish_with_headers(setup.subject.clone(), headers, jwe.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    let mut opening = OpeningConsumer::builder(&setup.context, payments.opener(&[&orders]))
+        .dead_letter(DeadLetter::subject(&setup.dead_letter))
+        .messages(&setup.consumer)
+        .await
+        .unwrap();
+    let (sender, mut handled) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        opening
+            .run(move |message| {
+                let sender = sender.clone();
+                async move {
+                    sender.send(message).ok();
+                    Ok::<(), String>(())
+                }
+            })
+            .await
+    });
+
+    let mut payloads = Vec::new();
+    for _ in 0..2 {
+        let opened = tokio::time::timeout(WAIT, handled.recv())
+            .await
+            .expect("no sealed message opened in time")
+            .expect("the consumer stopped");
+        payloads.push(Bytes::copy_from_slice(opened.payload()));
+    }
+    assert_eq!(
+        payloads,
+        vec![Bytes::from_static(b"first"), Bytes::from_static(b"third")]
+    );
+
+    for (reason, sequence) in [("replayed", "2"), ("decryption_failed", "3"), ("replayed", "4")] {
+        let copy = next_message(&mut dead, "dead-letter copy").await;
+        assert_eq!(
+            header(&copy, REJECTED_HEADER).as_deref(),
+            Some(reason),
+            "sequence {sequence}"
+        );
+        assert_eq!(header(&copy, ORIGINAL_SEQUENCE_HEADER).as_deref(), Some(sequence));
+    }
+
+    // Terminated, not redelivered: after two ack waits nothing came back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        next_within(&mut dead, Duration::from_millis(200)).await.is_none(),
+        "a message was dead-lettered twice"
+    );
+    assert!(handled.try_recv().is_err(), "a copy reached the handler");
+    let info = setup.assert_settled().await;
+    assert_eq!(info.delivered.stream_sequence, 5);
+    assert_eq!(info.num_redelivered, 0);
+    setup.cleanup().await;
+}

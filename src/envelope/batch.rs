@@ -1064,6 +1064,126 @@ mod tests {
         assert_only_bad_rejected(&valid, &tampered, &[0]);
     }
 
+    /// Adds `delta` to the s of one signature and subtracts it from the s of
+    /// another under the same key. With equal weights the two errors would
+    /// cancel in the batch equation, so each signature needs its own weight.
+    #[test]
+    fn cancelling_s_errors_rejected() {
+        let valid = mixed_batch(&fixture());
+        let mut tampered = valid.clone();
+        let delta = Scalar::from(0x5eed_u64);
+        for (index, direction) in [(2, Scalar::ONE), (4, -Scalar::ONE)] {
+            let (input, mut signature) = split_token(&valid[index]);
+            let s = Scalar::from_canonical_bytes(signature[32..].try_into().unwrap()).unwrap();
+            signature[32..].copy_from_slice((s + direction * delta).as_bytes());
+            tampered[index] = join_token(input, &signature);
+        }
+
+        assert_only_bad_rejected(&valid, &tampered, &[2, 4]);
+    }
+
+    /// Adds the group order L to s, which leaves s mod L unchanged.
+    fn add_group_order(token: &str) -> String {
+        let (input, mut signature) = split_token(token);
+        // L = 2^252 + 27742317777372353535851937790883648493, little-endian.
+        let order = hex32("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010");
+        let mut carry = 0u16;
+        for (byte, order_byte) in signature[32..].iter_mut().zip(order) {
+            let sum = u16::from(*byte) + u16::from(order_byte) + carry;
+            *byte = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(carry, 0, "s + L does not fit in 32 bytes");
+        join_token(input, &signature)
+    }
+
+    /// A batch of the cases that only the signature step decides, with an
+    /// ES256 key trusted beside the Ed25519 key of `orders`. Every entry must
+    /// get the code that single verification gives it.
+    #[test]
+    fn adversarial_batch_matches_single() {
+        use p256::ecdsa::signature::Signer as _;
+
+        let fx = fixture();
+        let es_key = p256::ecdsa::SigningKey::from_bytes(&p256::FieldBytes::from([3u8; 32])).unwrap();
+        let point = es_key.verifying_key().to_encoded_point(false);
+        let es_jwk = serde_json::json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "x": crate::encoding::b64_encode(point.x().unwrap()),
+            "y": crate::encoding::b64_encode(point.y().unwrap()),
+        });
+        let orders_jwks = serde_json::json!({ "keys": [key(1).public_key().to_jwk(), es_jwk] });
+        let orders_jwks = JwkSet::parse(orders_jwks.to_string().as_bytes()).unwrap();
+        let es_kid = orders_jwks.keys()[1].kid().to_owned();
+        let mixed_verifier = || {
+            let trust = TrustStore::new()
+                .trust(
+                    ServiceId::new("orders").unwrap(),
+                    KeySource::inline(orders_jwks.clone()),
+                )
+                .trust(
+                    ServiceId::new("billing").unwrap(),
+                    KeySource::inline(JwkSet::from_keys(vec![key(2).public_key().clone()])),
+                );
+            Verifier::builder(ServiceId::new("payments").unwrap(), trust)
+                .clock(Arc::new(FixedClock::new(NOW)))
+                .build()
+                .unwrap()
+        };
+        // Signs the claims of an `orders` token again with the ES256 key.
+        let es256 = |token: &str| {
+            let (input, _) = token.rsplit_once('.').unwrap();
+            let (_, claims) = input.split_once('.').unwrap();
+            let header = serde_json::json!({"alg": "ES256", "kid": es_kid, "typ": "trustwire+jwt"});
+            let input = format!(
+                "{}.{claims}",
+                crate::encoding::b64_encode(header.to_string().as_bytes())
+            );
+            let signature: p256::ecdsa::Signature = es_key.sign(input.as_bytes());
+            format!("{input}.{}", crate::encoding::b64_encode(&signature.to_bytes()))
+        };
+
+        let body = payload(1);
+        let first = sign(&fx.orders, &fx.channel, &body);
+        let with_large_s = add_group_order(&sign(&fx.orders, &fx.channel, &body));
+        let es_valid = es256(&sign(&fx.orders, &fx.channel, &body));
+        let es_forged = corrupt_signature(&es256(&sign(&fx.orders, &fx.channel, &body)));
+        // billing's valid signature over a token that claims orders as iss.
+        let claims_orders = {
+            let token = sign(&fx.orders, &fx.channel, &body);
+            let (input, _) = token.rsplit_once('.').unwrap();
+            let (_, claims) = input.split_once('.').unwrap();
+            let billing_token = sign(&fx.billing, &fx.channel, &body);
+            let (billing_header, _) = billing_token.split_once('.').unwrap();
+            let input = format!("{billing_header}.{claims}");
+            let signature =
+                ed25519_dalek::Signer::sign(&ed25519_dalek::SigningKey::from_bytes(&[2; 32]), input.as_bytes());
+            join_token(&input, &signature.to_bytes())
+        };
+        let cases = [
+            (first.clone(), "ok"),
+            (with_large_s, "bad_signature"),
+            (es_valid, "ok"),
+            (es_forged, "bad_signature"),
+            (claims_orders, "issuer_mismatch"),
+            // The same token again is replayed, but with s + L it fails the
+            // signature step first and does not reach the replay guard.
+            (add_group_order(&first), "bad_signature"),
+            (first, "replayed"),
+            (sign(&fx.billing, &fx.channel, &body), "ok"),
+        ];
+        let messages: Vec<(&str, Expected<'_>)> = cases
+            .iter()
+            .map(|(token, _)| (token.as_str(), Expected::message(fx.channel.clone(), &body)))
+            .collect();
+        let expected_codes: Vec<&str> = cases.iter().map(|(_, code)| *code).collect();
+
+        let (batch, single) = batch_and_single(mixed_verifier, &messages);
+        assert_eq!(single, expected_codes, "single");
+        assert_eq!(batch, expected_codes, "batch");
+    }
+
     #[test]
     fn weights_random_nonzero_distinct() {
         let weights = random_weights(MAX_SIGNATURE_BATCH).unwrap();

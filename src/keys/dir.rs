@@ -31,6 +31,10 @@ const MANIFEST: &str = "keys.json";
 const JWKS_FILE: &str = "jwks.json";
 const LOCK_FILE: &str = ".lock";
 
+/// How many times [`KeyDir::open`] loads the keys while writers keep
+/// changing `keys.json` under it.
+const OPEN_ATTEMPTS: u32 = 8;
+
 /// How long a change waits for another writer to release the directory.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -103,7 +107,6 @@ impl KeyDir {
             source,
         };
         fs::create_dir_all(dir).map_err(io)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
 
         let _lock = WriteLock::acquire(dir)?;
         if dir.join(MANIFEST).exists() {
@@ -114,6 +117,9 @@ impl KeyDir {
                 ),
             });
         }
+        // Only after the check, so that a failed create leaves the mode of
+        // an existing key directory as its operator set it.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
 
         let key = SigningKey::generate()?;
         let encryption_key = EncryptionKey::generate()?;
@@ -172,21 +178,36 @@ impl KeyDir {
     /// whose `activate_at` has passed loads as the active key. Removed and
     /// revoked keys are not loaded.
     pub fn open(dir: &Path) -> Result<Self, KeyError> {
-        let manifest_path = dir.join(MANIFEST);
-        let text = fs::read(&manifest_path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => KeyError::InvalidKeyDir {
-                path: dir.to_owned(),
-                reason: format!(
-                    "{MANIFEST} not found; create the directory with `trustwire keygen --service ID --dir {}`",
-                    dir.display()
-                ),
-            },
-            _ => KeyError::Io {
-                path: manifest_path.clone(),
-                source,
-            },
-        })?;
-        let manifest: Manifest = serde_json::from_slice(&text).map_err(|err| KeyError::InvalidKeyDir {
+        Self::open_with(dir, || fs::read(dir.join(MANIFEST)))
+    }
+
+    /// [`Self::open`] with the bytes of `keys.json` from `read_manifest`.
+    ///
+    /// Readers take no lock, and a writer that revokes or removes a key
+    /// deletes its file after it has written the `keys.json` without it. A
+    /// reader that read the older `keys.json` then finds a key file missing.
+    /// It reads `keys.json` again and starts over if it has changed, up to
+    /// [`OPEN_ATTEMPTS`] times.
+    fn open_with(dir: &Path, mut read_manifest: impl FnMut() -> std::io::Result<Vec<u8>>) -> Result<Self, KeyError> {
+        let mut text = read_manifest_file(dir, &mut read_manifest)?;
+        let mut attempt = 1;
+        loop {
+            let err = match Self::load(dir, &text) {
+                Err(err) if is_missing_file(&err) && attempt < OPEN_ATTEMPTS => err,
+                result => return result,
+            };
+            let reread = read_manifest_file(dir, &mut read_manifest)?;
+            if reread == text {
+                return Err(err);
+            }
+            text = reread;
+            attempt += 1;
+        }
+    }
+
+    /// Loads the keys that the manifest `text` lists.
+    fn load(dir: &Path, text: &[u8]) -> Result<Self, KeyError> {
+        let manifest: Manifest = serde_json::from_slice(text).map_err(|err| KeyError::InvalidKeyDir {
             path: dir.to_owned(),
             reason: format!("{MANIFEST} is invalid: {err}"),
         })?;
@@ -358,6 +379,32 @@ impl KeyDir {
     }
 }
 
+/// Returns whether `err` is a file that was not found.
+fn is_missing_file(err: &KeyError) -> bool {
+    matches!(err, KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Reads `keys.json` with `read_manifest`, naming the command that creates
+/// the directory when it is missing.
+fn read_manifest_file(
+    dir: &Path,
+    read_manifest: &mut impl FnMut() -> std::io::Result<Vec<u8>>,
+) -> Result<Vec<u8>, KeyError> {
+    read_manifest().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => KeyError::InvalidKeyDir {
+            path: dir.to_owned(),
+            reason: format!(
+                "{MANIFEST} not found; create the directory with `trustwire keygen --service ID --dir {}`",
+                dir.display()
+            ),
+        },
+        _ => KeyError::Io {
+            path: dir.join(MANIFEST),
+            source,
+        },
+    })
+}
+
 pub(super) fn key_path(dir: &Path, kid: &str) -> PathBuf {
     dir.join(format!("{kid}.jwk"))
 }
@@ -403,9 +450,10 @@ fn name_file(err: KeyError, path: &Path) -> KeyError {
 /// Every change to the directory takes it and then rereads the directory,
 /// so two processes that change it at once (a timer's `keys advance` and an
 /// operator's `keys rotate`, say) take turns, and neither writes a
-/// `keys.json` that drops the other's change. Readers take no lock: each
-/// file is replaced by a rename, and a private key file is written before
-/// the manifest that names it.
+/// `keys.json` that drops the other's change. Readers take no lock. Each
+/// file is replaced by a rename, a private key file is written before the
+/// manifest that names it, and [`KeyDir::open`] reads the manifest again
+/// when a key file it names was deleted after it was read.
 pub(super) struct WriteLock {
     // The lock is held as long as this descriptor is open.
     _file: fs::File,
@@ -532,6 +580,61 @@ mod tests {
         assert!(revocation.replacement.is_some());
     }
 
+    /// A reader that read `keys.json` just before a writer revoked a key
+    /// finds that key's file deleted. It reads `keys.json` again and loads
+    /// the directory as the writer left it.
+    #[test]
+    fn open_rereads_manifest_after_key_file_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        let created = KeyDir::create(&dir, ServiceId::new("orders").unwrap()).unwrap();
+        let revoked = created.encryption_keys()[0].kid().to_owned();
+        let before = fs::read(dir.join(MANIFEST)).unwrap();
+
+        let mut writer = KeyDir::open(&dir).unwrap();
+        let replacement = writer.revoke(&revoked).unwrap().replacement.unwrap();
+        assert!(!key_path(&dir, &revoked).exists());
+
+        let mut reads = 0;
+        let reader = KeyDir::open_with(&dir, || {
+            reads += 1;
+            if reads == 1 {
+                Ok(before.clone())
+            } else {
+                fs::read(dir.join(MANIFEST))
+            }
+        })
+        .unwrap();
+        assert_eq!(reads, 2);
+        assert_eq!(reader.encryption_keys()[0].kid(), replacement);
+    }
+
+    /// A key file missing while `keys.json` stays the same is an error, not
+    /// a reason to read the manifest again and again.
+    #[test]
+    fn open_fails_for_missing_key_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        let created = KeyDir::create(&dir, ServiceId::new("orders").unwrap()).unwrap();
+        let missing = key_path(&dir, created.active_key().kid());
+        fs::remove_file(&missing).unwrap();
+
+        let mut reads = 0;
+        let err = KeyDir::open_with(&dir, || {
+            reads += 1;
+            fs::read(dir.join(MANIFEST))
+        })
+        .unwrap_err();
+        match err {
+            KeyError::Io { path, source } => {
+                assert_eq!(path, missing);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("expected a missing key file, got {other}"),
+        }
+        assert_eq!(reads, 2, "keys.json read once more to see whether it changed");
+    }
+
     #[test]
     fn create_then_open() {
         let tmp = tempfile::tempdir().unwrap();
@@ -635,6 +738,21 @@ mod tests {
         KeyDir::create(tmp.path(), ServiceId::new("orders").unwrap()).unwrap();
         let err = KeyDir::create(tmp.path(), ServiceId::new("orders").unwrap()).unwrap_err();
         assert!(matches!(err, KeyError::InvalidKeyDir { .. }));
+    }
+
+    /// A failed `create` leaves an existing key directory as it was: an
+    /// operator may have opened it to the user that serves `jwks.json`.
+    #[test]
+    fn create_keeps_existing_dir_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        KeyDir::create(&dir, ServiceId::new("orders").unwrap()).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let err = KeyDir::create(&dir, ServiceId::new("orders").unwrap()).unwrap_err();
+        assert!(err.to_string().contains("it already contains keys.json"), "{err}");
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "mode {mode:o}");
     }
 
     #[test]

@@ -113,21 +113,28 @@ fn rotate(args: RotateArgs) -> Result<ExitCode, CliError> {
     }
 
     let mut keys = KeyDir::open(&args.dir.dir).map_err(key_error)?;
-    let retiring = keys.active_key().kid().to_owned();
     let rotation = Rotation {
         pre_publish: Duration::from_secs(args.pre_publish),
         retention: Duration::from_secs(args.retain),
     };
     let kid = keys.rotate(&rotation).map_err(key_error)?.kid().to_owned();
 
+    // `rotate` reads the directory again once it holds the write lock, so
+    // the key it retires is found in the records it wrote, not in the
+    // active key of the directory as `open` read it.
     let records = keys.records();
-    let find = |kid: &str| records.iter().find(|record| record.kid == kid);
-    let activate_at = find(&kid).and_then(|record| record.activate_at);
-    let remove_at = find(&retiring).and_then(|record| record.remove_at);
+    let activate_at = records
+        .iter()
+        .find(|record| record.kid == kid)
+        .and_then(|record| record.activate_at);
+    let retiring = records.iter().find(|record| {
+        record.key_use == "sig" && record.kid != kid && activate_at.is_some() && record.retire_at == activate_at
+    });
     let report = format!(
-        "next key: {kid}\nactive from: {}\nretiring key: {retiring}\nretiring key removed from the JWKS at: {}\npublic JWKS: {}\n",
+        "next key: {kid}\nactive from: {}\nretiring key: {}\nretiring key removed from the JWKS at: {}\npublic JWKS: {}\n",
         format_time(activate_at),
-        format_time(remove_at),
+        retiring.map_or("-", |record| record.kid.as_str()),
+        format_time(retiring.and_then(|record| record.remove_at)),
         keys.jwks_path().display(),
     );
     print_stdout(&report)?;
