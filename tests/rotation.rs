@@ -497,3 +497,44 @@ fn change_through_stale_handle_keeps_other_change() {
     let encryption_kids: Vec<&str> = published.encryption_keys().iter().map(|key| key.kid()).collect();
     assert_eq!(encryption_kids, vec![new_encryption.as_str()]);
 }
+
+/// While the active encryption key is revoked again and again, a reader of
+/// jwks.json and keys.json always finds an encryption key: the replacement
+/// is written together with the revocation, not after it.
+#[test]
+fn encryption_key_revocation_leaves_no_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut keys = KeyDir::create(tmp.path(), service(ISSUER)).unwrap();
+    let jwks_path = keys.jwks_path();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = Arc::clone(&stop);
+        let dir = tmp.path().to_owned();
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let published = read_jwks(&jwks_path);
+                assert!(
+                    !published.encryption_keys().is_empty(),
+                    "jwks.json had no encryption key after {reads} reads"
+                );
+                let opened = KeyDir::open(&dir).unwrap();
+                assert!(
+                    !opened.encryption_keys().is_empty(),
+                    "the directory opened without an encryption key after {reads} reads"
+                );
+                reads += 1;
+            }
+            reads
+        })
+    };
+
+    for _ in 0..30 {
+        let active = keys.encryption_keys()[0].kid().to_owned();
+        let revocation = keys.revoke(&active).unwrap();
+        assert!(revocation.replacement.is_some());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let reads = reader.join().unwrap();
+    assert!(reads > 0, "the reader never read the directory");
+}

@@ -346,15 +346,19 @@ impl KeyDir {
         entry.state = KeyState::Revoked;
         entry.schedule.revoked_at = Some(now);
 
-        self.write_manifest()?;
+        if was_active && key_use == KeyUse::Enc {
+            // The replacement goes into the same keys.json and jwks.json
+            // writes that revoke the old key, so that no reader finds the
+            // directory without an active encryption key in between.
+            self.encryption.retain(|key| key.kid() != kid);
+            replacement = Some(self.add_encryption_key_locked()?.kid().to_owned());
+        } else {
+            self.write_manifest()?;
+        }
         remove_private_key(&self.path, kid)?;
         self.reload()?;
         self.write_jwks()?;
         tracing::info!(dir = %self.path.display(), service = %self.service(), kid, replacement = replacement.as_deref().unwrap_or(""), "revoked key");
-
-        if was_active && key_use == KeyUse::Enc {
-            replacement = Some(self.add_encryption_key_locked()?.kid().to_owned());
-        }
         Ok(Revocation {
             kid: kid.to_owned(),
             replacement,
