@@ -524,6 +524,32 @@ struct JetStreamSetup {
     stream_name: String,
 }
 
+/// Runs an opening consumer on `setup`'s consumer in a task, acking every
+/// message it hands over; opened messages come out of the channel.
+async fn run_opening_consumer(
+    setup: &JetStreamSetup,
+    opener: trustwire::seal::Opener,
+) -> mpsc::UnboundedReceiver<OpenedMessage> {
+    let mut opening = OpeningConsumer::builder(&setup.context, opener)
+        .dead_letter(DeadLetter::subject(&setup.dead_letter))
+        .messages(&setup.consumer)
+        .await
+        .unwrap();
+    let (sender, handled) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        opening
+            .run(move |message| {
+                let sender = sender.clone();
+                async move {
+                    sender.send(message).ok();
+                    Ok::<(), String>(())
+                }
+            })
+            .await
+    });
+    handled
+}
+
 async fn jetstream_setup() -> JetStreamSetup {
     let client = connect().await;
     let context = async_nats::jetstream::new(client);
@@ -603,23 +629,7 @@ async fn jetstream_round_trip_and_rejections() {
     assert!(!contains(&stored.payload, SECRET), "the stream holds the plaintext");
     assert_eq!(stored.headers.get(SEALED_HEADER).map(|value| value.as_str()), Some("1"));
 
-    let mut opening = OpeningConsumer::builder(&setup.context, payments.opener(&[&orders]))
-        .dead_letter(DeadLetter::subject(&setup.dead_letter))
-        .messages(&setup.consumer)
-        .await
-        .unwrap();
-    let (sender, mut handled) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        opening
-            .run(move |message| {
-                let sender = sender.clone();
-                async move {
-                    sender.send(message).ok();
-                    Ok::<(), String>(())
-                }
-            })
-            .await
-    });
+    let mut handled = run_opening_consumer(&setup, payments.opener(&[&orders])).await;
 
     let opened = tokio::time::timeout(WAIT, handled.recv())
         .await
@@ -736,23 +746,7 @@ async fn jetstream_batch_forgery_terminated_alone() {
         forged_jwe = sealed.jwe;
     }
 
-    let mut opening = OpeningConsumer::builder(&setup.context, payments.opener(&[&orders]))
-        .dead_letter(DeadLetter::subject(&setup.dead_letter))
-        .messages(&setup.consumer)
-        .await
-        .unwrap();
-    let (sender, mut handled) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        opening
-            .run(move |message| {
-                let sender = sender.clone();
-                async move {
-                    sender.send(message).ok();
-                    Ok::<(), String>(())
-                }
-            })
-            .await
-    });
+    let mut handled = run_opening_consumer(&setup, payments.opener(&[&orders])).await;
 
     let mut payloads = Vec::new();
     for _ in 0..8 {
@@ -835,23 +829,7 @@ async fn jetstream_batch_copies_replayed_in_order() {
             .unwrap();
     }
 
-    let mut opening = OpeningConsumer::builder(&setup.context, payments.opener(&[&orders]))
-        .dead_letter(DeadLetter::subject(&setup.dead_letter))
-        .messages(&setup.consumer)
-        .await
-        .unwrap();
-    let (sender, mut handled) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        opening
-            .run(move |message| {
-                let sender = sender.clone();
-                async move {
-                    sender.send(message).ok();
-                    Ok::<(), String>(())
-                }
-            })
-            .await
-    });
+    let mut handled = run_opening_consumer(&setup, payments.opener(&[&orders])).await;
 
     let mut payloads = Vec::new();
     for _ in 0..2 {
