@@ -13,7 +13,8 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue, Message};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use nats_fixture::{
-    connect, corrupt_signature, header, next_within, raw_hpub, round_trip, service, suffix, verifier, verifier_with,
+    connect, corrupt_signature, header, next_within, raw_hpub, round_trip, service, slow_jwks_server, suffix, verifier,
+    verifier_with,
 };
 use tokio::sync::mpsc;
 use trustwire::nats::{
@@ -705,28 +706,6 @@ async fn batch_forgery_dead_lettered_alone() {
         next_within(&mut dead, Duration::from_millis(300)).await.is_none(),
         "more than the forged message was dead-lettered"
     );
-}
-
-/// Serves `keys` at the JWKS path on 127.0.0.1 and delays each response by
-/// `delay`. Returns the JWKS URL.
-async fn slow_jwks_server(keys: &trustwire::jwks::JwkSet, delay: Duration) -> String {
-    let body = keys.to_json();
-    let router = axum::Router::new().route(
-        trustwire::jwks::JWKS_PATH,
-        axum::routing::get(move || {
-            let body = body.clone();
-            async move {
-                tokio::time::sleep(delay).await;
-                ([(http::header::CONTENT_TYPE, "application/json")], body)
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
-    format!("http://{addr}{}", trustwire::jwks::JWKS_PATH)
 }
 
 /// A `next` dropped while it waits for the issuer's JWKS (the `select!`

@@ -15,9 +15,11 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue, Message};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use nats_fixture::{Service, connect, corrupt_signature, header, next_within, round_trip, service, suffix, verifier};
+use nats_fixture::{
+    Service, connect, corrupt_signature, header, next_within, round_trip, service, slow_jwks_server, suffix, verifier,
+};
 use tokio::sync::mpsc;
-use trustwire::jwks::{JwkSet, KeySource};
+use trustwire::jwks::{JwkSet, KeySource, RemoteJwks, TrustStore};
 use trustwire::keys::EncryptionKey;
 use trustwire::nats::{
     DeadLetter, MAX_JETSTREAM_HEADER_BYTES, ORIGINAL_SEQUENCE_HEADER, ORIGINAL_STREAM_HEADER, ORIGINAL_SUBJECT_HEADER,
@@ -26,7 +28,7 @@ use trustwire::nats::{
     channel_binding,
 };
 use trustwire::seal::{Opener, Recipient, RecipientDirectory, Sealed, Sealer};
-use trustwire::{Audience, Reason, ServiceId};
+use trustwire::{Audience, Reason, ServiceId, Verifier};
 
 const WAIT: Duration = Duration::from_secs(5);
 const PAYLOAD: &[u8] = br#"{"order":42,"card":"4111 1111 1111 1111"}"#;
@@ -404,6 +406,47 @@ async fn core_batch_forgery_dead_lettered_alone() {
         next_within(&mut dead, Duration::from_millis(300)).await.is_none(),
         "more than the forged message was dead-lettered"
     );
+}
+
+/// An opening `next` dropped while it waits for the sender's JWKS (the
+/// `select!` case) loses none of the sealed messages it took: the next
+/// calls open and return them.
+#[tokio::test]
+async fn core_next_dropped_mid_batch_loses_nothing() {
+    let orders = service("orders");
+    let payments = Receiver::new("payments");
+    let url = slow_jwks_server(&orders.key_set, Duration::from_millis(300)).await;
+    let remote = RemoteJwks::builder(url).build().unwrap();
+    let trust = TrustStore::new().trust(orders.id.clone(), KeySource::Remote(remote));
+    let verifier = Verifier::builder(id("payments"), trust).build().unwrap();
+    let opener = Opener::new(verifier, vec![payments.key()]).unwrap();
+
+    let names = names();
+    let client = connect().await;
+    let mut subscriber = OpeningSubscriber::builder(client.clone(), opener)
+        .dead_letter(DeadLetter::subject(&names.dead_letter))
+        .subscribe(names.subject.clone())
+        .await
+        .unwrap();
+    let publisher = sealed_publisher(&client, &orders, &[&payments]);
+    let payloads: Vec<Bytes> = batch_payloads().into_iter().take(3).collect();
+    for payload in &payloads {
+        publisher.publish(names.subject.clone(), payload.clone()).await.unwrap();
+    }
+    // The echo comes back after the three messages reached the subscription.
+    round_trip(&client).await;
+
+    // This call takes the three messages and waits for the JWKS.
+    let dropped = tokio::time::timeout(Duration::from_millis(50), subscriber.next()).await;
+    assert!(dropped.is_err(), "a message opened before the JWKS answered");
+
+    for payload in payloads {
+        let message = tokio::time::timeout(WAIT, subscriber.next())
+            .await
+            .expect("a message taken by the dropped call was lost")
+            .expect("the subscription ended");
+        assert_eq!(message.payload(), payload.as_ref());
+    }
 }
 
 #[tokio::test]

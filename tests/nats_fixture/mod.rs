@@ -206,3 +206,25 @@ pub(crate) async fn raw_hpub(subject: &str, header_lines: &[u8], payload: &[u8])
         }
     }
 }
+
+/// Serves `keys` at the JWKS path on 127.0.0.1 and delays each response by
+/// `delay`. Returns the JWKS URL.
+pub(crate) async fn slow_jwks_server(keys: &trustwire::jwks::JwkSet, delay: Duration) -> String {
+    let body = keys.to_json();
+    let router = axum::Router::new().route(
+        trustwire::jwks::JWKS_PATH,
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                ([(http::header::CONTENT_TYPE, "application/json")], body)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    format!("http://{addr}{}", trustwire::jwks::JWKS_PATH)
+}
