@@ -7,18 +7,16 @@
 //! and a plain [`super::VerifyingSubscriber`] rejects a marked message as
 //! `wrong_type` instead of passing the JWE on as if it were the payload.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_nats::subject::ToSubject;
 use async_nats::{Client, HeaderMap, HeaderName, HeaderValue, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::task::JoinHandle;
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
 use super::headers::{HeadersTooLarge, InvalidHeader, channel_binding, read_token, with_token};
-use super::subscriber::{check_arrived, confirm_subscription, dead_letter, queue_batch, start_batch, take_arrived};
+use super::subscriber::{BatchQueue, check_arrived, confirm_subscription, dead_letter, take_arrived};
 use crate::envelope::{Claims, InvalidBinding, Reason, Rejection};
 use crate::identity::Audience;
 use crate::seal::{Opened, Opener, RecipientDirectory, SealError, Sealer};
@@ -344,8 +342,7 @@ impl OpeningSubscriberBuilder {
             subscriber,
             opener: self.opener,
             sink: DeadLetterSink::new(self.client, self.dead_letter),
-            ready: VecDeque::new(),
-            pending: None,
+            batches: BatchQueue::new(),
         }
     }
 }
@@ -381,11 +378,8 @@ pub struct OpeningSubscriber {
     subscriber: Subscriber,
     opener: Opener,
     sink: DeadLetterSink,
-    /// Opened messages of the last batch that `next` has not returned yet,
-    /// in arrival order.
-    ready: VecDeque<OpenedMessage>,
-    /// The batch still being opened in a task of its own, if any.
-    pending: Option<JoinHandle<Vec<OpenedMessage>>>,
+    /// Opened messages that `next` has not returned yet.
+    batches: BatchQueue<OpenedMessage>,
 }
 
 impl OpeningSubscriber {
@@ -406,19 +400,13 @@ impl OpeningSubscriber {
     /// opened and returned by the next call.
     pub async fn next(&mut self) -> Option<OpenedMessage> {
         loop {
-            if let Some(message) = self.ready.pop_front() {
+            if let Some(message) = self.batches.next_ready().await {
                 return Some(message);
-            }
-            if let Some(task) = self.pending.as_mut() {
-                let outcome = task.await;
-                self.pending = None;
-                queue_batch(outcome, &mut self.ready);
-                continue;
             }
             let first = self.subscriber.next().await?;
             let batch = take_arrived(&mut self.subscriber, first);
             let work = open_batch(self.opener.clone(), self.sink.clone(), batch);
-            self.pending = start_batch(work, &mut self.ready);
+            self.batches.start(work);
         }
     }
 

@@ -8,7 +8,7 @@ use async_nats::subject::ToSubject;
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use tokio::task::{JoinError, JoinHandle};
+use tokio::task::JoinHandle;
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, note_transport_rejection};
 use super::headers::{ORIGINAL_SUBJECT_HEADER, channel_binding};
@@ -100,8 +100,7 @@ impl SubscriberBuilder {
             subscriber,
             verifier: self.verifier,
             sink: DeadLetterSink::new(self.client, self.dead_letter),
-            ready: VecDeque::new(),
-            pending: None,
+            batches: BatchQueue::new(),
         }
     }
 }
@@ -138,11 +137,8 @@ pub struct VerifyingSubscriber {
     subscriber: Subscriber,
     verifier: Verifier,
     sink: DeadLetterSink,
-    /// Verified messages of the last batch that `next` has not returned
-    /// yet, in arrival order.
-    ready: VecDeque<VerifiedMessage>,
-    /// The batch still being verified in a task of its own, if any.
-    pending: Option<JoinHandle<Vec<VerifiedMessage>>>,
+    /// Verified messages that `next` has not returned yet.
+    batches: BatchQueue<VerifiedMessage>,
 }
 
 impl VerifyingSubscriber {
@@ -163,19 +159,13 @@ impl VerifyingSubscriber {
     /// verified and returned by the next call.
     pub async fn next(&mut self) -> Option<VerifiedMessage> {
         loop {
-            if let Some(message) = self.ready.pop_front() {
+            if let Some(message) = self.batches.next_ready().await {
                 return Some(message);
-            }
-            if let Some(task) = self.pending.as_mut() {
-                let outcome = task.await;
-                self.pending = None;
-                queue_batch(outcome, &mut self.ready);
-                continue;
             }
             let first = self.subscriber.next().await?;
             let batch = take_arrived(&mut self.subscriber, first);
             let work = verify_batch(self.verifier.clone(), self.sink.clone(), batch);
-            self.pending = start_batch(work, &mut self.ready);
+            self.batches.start(work);
         }
     }
 
@@ -204,33 +194,54 @@ async fn verify_batch(verifier: Verifier, sink: DeadLetterSink, batch: Vec<Messa
     verified_messages
 }
 
-/// Runs `work`, the checks of one batch, and queues its results on `ready`.
-/// Work that cannot finish at once (a JWKS fetch, a dead-letter publish
-/// that waits) goes on in a task of its own, returned for the caller to
-/// keep. A caller whose `next` is dropped then loses no message: its next
-/// call awaits the task.
-pub(super) fn start_batch<T, F>(work: F, ready: &mut VecDeque<T>) -> Option<JoinHandle<Vec<T>>>
-where
-    T: Send + 'static,
-    F: Future<Output = Vec<T>> + Send + 'static,
-{
-    let mut work = Box::pin(work);
-    match (&mut work).now_or_never() {
-        Some(results) => {
-            ready.extend(results);
-            None
-        }
-        None => Some(tokio::spawn(work)),
-    }
+/// The checked messages of a core NATS receiver that `next` has not
+/// returned yet, and the batch still being checked in a task of its own.
+/// Both live in the receiver, not in the future `next` returns, so a
+/// dropped `next` loses no message.
+#[derive(Debug)]
+pub(super) struct BatchQueue<T> {
+    /// Checked messages in arrival order.
+    ready: VecDeque<T>,
+    /// The batch whose checks could not finish at once, if any.
+    pending: Option<JoinHandle<Vec<T>>>,
 }
 
-/// Queues the results of a batch task on `ready`. A task that panicked
-/// has lost its messages, which is logged.
-pub(super) fn queue_batch<T>(outcome: Result<Vec<T>, JoinError>, ready: &mut VecDeque<T>) {
-    match outcome {
-        Ok(results) => ready.extend(results),
-        Err(error) => {
-            tracing::error!(%error, "the task checking a batch of NATS messages failed; its messages are lost");
+impl<T: Send + 'static> BatchQueue<T> {
+    pub(super) fn new() -> Self {
+        Self {
+            ready: VecDeque::new(),
+            pending: None,
+        }
+    }
+
+    /// Returns the next checked message, waiting for the pending batch if
+    /// there is one. Returns `None` when nothing is queued or pending.
+    pub(super) async fn next_ready(&mut self) -> Option<T> {
+        loop {
+            if let Some(message) = self.ready.pop_front() {
+                return Some(message);
+            }
+            let task = self.pending.as_mut()?;
+            let outcome = task.await;
+            self.pending = None;
+            match outcome {
+                Ok(results) => self.ready.extend(results),
+                Err(error) => {
+                    tracing::error!(%error, "the task checking a batch of NATS messages failed; its messages are lost");
+                }
+            }
+        }
+    }
+
+    /// Runs `work`, the checks of one batch, and queues its results. Work
+    /// that cannot finish at once (a JWKS fetch, a dead-letter publish that
+    /// waits) goes on in a task of its own, which [`Self::next_ready`]
+    /// awaits.
+    pub(super) fn start(&mut self, work: impl Future<Output = Vec<T>> + Send + 'static) {
+        let mut work = Box::pin(work);
+        match (&mut work).now_or_never() {
+            Some(results) => self.ready.extend(results),
+            None => self.pending = Some(tokio::spawn(work)),
         }
     }
 }
