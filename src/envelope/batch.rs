@@ -29,9 +29,9 @@ impl Verifier {
     /// metrics. Messages go through the replay guard in order, so of two
     /// messages with the same `jti` the later one is `replayed`.
     ///
-    /// NOTE: one exception remains. A signature whose nonce point R has a
-    /// torsion part, which only the key's owner can make, is always
-    /// `bad_signature` in [`Verifier::verify`] but passes here by chance,
+    /// NOTE: one exception remains. Only the key's owner can make a
+    /// signature whose nonce point R has a torsion part. [`Verifier::verify`]
+    /// always rejects it as `bad_signature`, but here it passes by chance,
     /// in about one batch in n for a torsion part of order n (2, 4 or 8).
     ///
     /// Only step 5 differs. The Ed25519 signatures of up to
